@@ -27,7 +27,7 @@ pub mod spill;
 pub use decoder::Decoder;
 pub use error::{DecodeError, DecodeErrorKind};
 pub use message::{
-    Begin, BeginPrepare, Commit, CommitPrepared, Delete, DecoderConfig, EmittedMessage, Insert,
+    Begin, BeginPrepare, Commit, CommitPrepared, DecoderConfig, Delete, EmittedMessage, Insert,
     Message, Prepare, ProtocolVersion, RelationMessage, RollbackPrepared, StreamAbort,
     StreamCommit, StreamStart, Streaming, Truncate, TypeMessage, Update,
 };

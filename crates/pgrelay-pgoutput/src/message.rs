@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pgrelay_types::{
-    ByteStr, Column, LogicalMessage, Lsn, OldTuple, Oid, Origin, PgTimestamp, RelationInfo,
+    ByteStr, Column, LogicalMessage, Lsn, Oid, OldTuple, Origin, PgTimestamp, RelationInfo,
     ReplicaIdentity, TruncateOptions, Tuple, Value, Xid,
 };
 use pgrelay_wire::{Cursor, CursorError};
@@ -511,7 +511,10 @@ impl Reader<'_> {
     }
 
     fn value_bytes(&mut self) -> Result<Bytes, DecodeError> {
-        let len = self.c.len_i32("column value length").map_err(|e| self.err(e))?;
+        let len = self
+            .c
+            .len_i32("column value length")
+            .map_err(|e| self.err(e))?;
         self.c.bytes(len, "column value").map_err(|e| self.err(e))
     }
 

@@ -191,8 +191,12 @@ struct Buffer {
     subxids: Vec<Xid>,
     bytes: usize,
     spill: Option<SpillState>,
-    /// Subtransactions aborted after some of their changes were spilled.
-    aborted: Vec<Xid>,
+    /// Subtransactions aborted after some of their changes were spilled,
+    /// with the number of change records spilled at the time: only
+    /// records before that point belong to the aborted subtransaction
+    /// (xids are never reused by the server, but a corrupt stream must not
+    /// make spilled and in-memory buffering disagree).
+    aborted: Vec<(Xid, u64)>,
     spilled_changes: u64,
 }
 
@@ -209,6 +213,11 @@ impl Buffer {
         if let Some(x) = subxid {
             self.subxids.push(x);
         }
+        if self.changes.capacity() == 0 {
+            // Skip the 1-2-4-8 growth steps; transactions rarely have a
+            // single change and the vector is handed out whole at commit.
+            self.changes.reserve(16);
+        }
         self.changes.push(change);
         self.bytes += size;
     }
@@ -216,8 +225,8 @@ impl Buffer {
     /// Drops `subxid`'s in-memory changes (and marks spilled ones for
     /// skipping); returns the bytes freed.
     fn abort_subxact(&mut self, subxid: Xid) -> usize {
-        if self.spill.is_some() && !self.aborted.contains(&subxid) {
-            self.aborted.push(subxid);
+        if self.spill.is_some() {
+            self.aborted.push((subxid, self.spilled_changes));
         }
         if !self.subxids.contains(&subxid) {
             return 0;
@@ -435,10 +444,7 @@ impl<S: SpillStore> Reassembler<S> {
         Ok(())
     }
 
-    fn step(
-        &mut self,
-        msg: Message,
-    ) -> Result<Option<Reassembled<S::Reader>>, ReassembleError> {
+    fn step(&mut self, msg: Message) -> Result<Option<Reassembled<S::Reader>>, ReassembleError> {
         match msg {
             Message::Begin(b) => {
                 self.expect_idle("Begin")?;
@@ -500,7 +506,16 @@ impl<S: SpillStore> Reassembler<S> {
                         xid: p.xid,
                     });
                 }
-                self.hold_prepared(p.xid, p.gid, p.prepare_lsn, p.end_lsn, p.prepare_ts, false, origin, buf)?;
+                self.hold_prepared(
+                    p.xid,
+                    p.gid,
+                    p.prepare_lsn,
+                    p.end_lsn,
+                    p.prepare_ts,
+                    false,
+                    origin,
+                    buf,
+                )?;
                 Ok(None)
             }
             Message::StreamPrepare(p) => {
@@ -511,7 +526,16 @@ impl<S: SpillStore> Reassembler<S> {
                         xid: p.xid,
                     });
                 };
-                self.hold_prepared(p.xid, p.gid, p.prepare_lsn, p.end_lsn, p.prepare_ts, true, t.origin, t.buf)?;
+                self.hold_prepared(
+                    p.xid,
+                    p.gid,
+                    p.prepare_lsn,
+                    p.end_lsn,
+                    p.prepare_ts,
+                    true,
+                    t.origin,
+                    t.buf,
+                )?;
                 Ok(None)
             }
             Message::CommitPrepared(c) => {
@@ -759,7 +783,12 @@ impl<S: SpillStore> Reassembler<S> {
             };
             let Some(buf) = buf else { break };
             let before = buf.spilled_changes;
-            let freed = spill_buffer(buf, &mut self.store, &mut self.next_spill, &mut self.scratch)?;
+            let freed = spill_buffer(
+                buf,
+                &mut self.store,
+                &mut self.next_spill,
+                &mut self.scratch,
+            )?;
             self.spilled_changes += buf.spilled_changes - before;
             self.buffered -= freed.min(self.buffered);
         }
@@ -786,6 +815,7 @@ impl<S: SpillStore> Reassembler<S> {
                 reader: self.store.take(s.id)?,
                 decoder: SpillDecoder::new(),
                 aborted: buf.aborted,
+                index: 0,
             }),
             None => None,
         };
@@ -802,7 +832,9 @@ impl<S: SpillStore> Reassembler<S> {
 struct SpilledPart<R> {
     reader: R,
     decoder: SpillDecoder,
-    aborted: Vec<Xid>,
+    aborted: Vec<(Xid, u64)>,
+    /// Change records read so far.
+    index: u64,
 }
 
 /// A committed transaction. Iterating yields its changes in order, reading
@@ -875,7 +907,13 @@ impl<R: Iterator<Item = Result<Bytes, SpillStoreError>>> Iterator for Committed<
             match part.decoder.decode(&record) {
                 Ok(SpillRecord::Relation(_)) => {}
                 Ok(SpillRecord::Change { subxid, change }) => {
-                    if !part.aborted.contains(&subxid) {
+                    let index = part.index;
+                    part.index += 1;
+                    let aborted = part
+                        .aborted
+                        .iter()
+                        .any(|(x, before)| *x == subxid && index < *before);
+                    if !aborted {
                         return Some(Ok(change));
                     }
                 }

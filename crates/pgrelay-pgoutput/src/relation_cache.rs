@@ -131,16 +131,31 @@ mod tests {
         let mut c = RelationCache::new();
         c.insert(rel(1, "v1"), None);
         c.insert(rel(1, "v2"), Some(Xid(10)));
-        assert_eq!(c.get(Oid(1), None).map(|r| r.name.to_string()), Some("v1".into()));
-        assert_eq!(c.get(Oid(1), Some(Xid(10))).map(|r| r.name.to_string()), Some("v2".into()));
-        assert_eq!(c.get(Oid(1), Some(Xid(11))).map(|r| r.name.to_string()), Some("v1".into()));
+        assert_eq!(
+            c.get(Oid(1), None).map(|r| r.name.to_string()),
+            Some("v1".into())
+        );
+        assert_eq!(
+            c.get(Oid(1), Some(Xid(10))).map(|r| r.name.to_string()),
+            Some("v2".into())
+        );
+        assert_eq!(
+            c.get(Oid(1), Some(Xid(11))).map(|r| r.name.to_string()),
+            Some("v1".into())
+        );
         c.abort_stream(Xid(10));
-        assert_eq!(c.get(Oid(1), Some(Xid(10))).map(|r| r.name.to_string()), Some("v1".into()));
+        assert_eq!(
+            c.get(Oid(1), Some(Xid(10))).map(|r| r.name.to_string()),
+            Some("v1".into())
+        );
         c.insert(rel(1, "v3"), Some(Xid(12)));
         c.insert(rel(2, "other"), Some(Xid(12)));
         assert!(c.get(Oid(2), None).is_none());
         c.commit_stream(Xid(12));
-        assert_eq!(c.get(Oid(1), None).map(|r| r.name.to_string()), Some("v3".into()));
+        assert_eq!(
+            c.get(Oid(1), None).map(|r| r.name.to_string()),
+            Some("v3".into())
+        );
         assert_eq!(c.len(), 2);
         assert!(!c.is_empty());
         assert_eq!(c.iter().count(), 2);

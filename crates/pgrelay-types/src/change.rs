@@ -74,10 +74,7 @@ impl Tuple {
 
     /// Sum of the payload lengths, for memory accounting.
     pub fn payload_len(&self) -> usize {
-        self.0
-            .iter()
-            .map(|v| v.bytes().map_or(0, Bytes::len))
-            .sum()
+        self.0.iter().map(|v| v.bytes().map_or(0, Bytes::len)).sum()
     }
 }
 

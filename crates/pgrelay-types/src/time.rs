@@ -193,7 +193,9 @@ mod tests {
             Some(UNIX_EPOCH + Duration::from_secs(946_684_800))
         );
         assert_eq!(
-            PgTimestamp::from_system_time(UNIX_EPOCH + Duration::from_nanos(946_684_800_000_001_999)),
+            PgTimestamp::from_system_time(
+                UNIX_EPOCH + Duration::from_nanos(946_684_800_000_001_999)
+            ),
             Some(PgTimestamp(1))
         );
         let before = UNIX_EPOCH - Duration::from_nanos(1_500);
@@ -226,7 +228,10 @@ mod tests {
         // 2024-02-29T12:34:56.789012Z, a leap day, from `SELECT extract(epoch ...)`.
         let unix = 1_709_210_096_789_012;
         let t = PgTimestamp::from_unix_micros(unix).expect("in range");
-        assert_eq!(t.to_rfc3339().as_deref(), Some("2024-02-29T12:34:56.789012Z"));
+        assert_eq!(
+            t.to_rfc3339().as_deref(),
+            Some("2024-02-29T12:34:56.789012Z")
+        );
         // Far future: the largest finite value PostgreSQL can hold renders
         // as an expanded year rather than a broken RFC 3339 string.
         let far = PgTimestamp(i64::MAX - 1);
@@ -234,7 +239,10 @@ mod tests {
         assert!(far.to_string().starts_with("+294"), "{far}");
         let ancient = PgTimestamp(i64::MIN + 1);
         assert!(ancient.to_string().starts_with('-'), "{ancient}");
-        assert_eq!(format!("{:?}", PgTimestamp(0)), "PgTimestamp(2000-01-01T00:00:00.000000Z)");
+        assert_eq!(
+            format!("{:?}", PgTimestamp(0)),
+            "PgTimestamp(2000-01-01T00:00:00.000000Z)"
+        );
     }
 
     #[test]

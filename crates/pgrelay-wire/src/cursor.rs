@@ -72,16 +72,19 @@ pub struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     /// Starts at offset 0 of `buf`.
+    #[inline]
     pub fn new(buf: &'a Bytes) -> Self {
         Cursor { buf, pos: 0 }
     }
 
     /// Offset of the next unread byte.
+    #[inline]
     pub fn position(&self) -> usize {
         self.pos
     }
 
     /// Bytes not yet read.
+    #[inline]
     pub fn remaining(&self) -> usize {
         self.buf.len().saturating_sub(self.pos)
     }
@@ -91,6 +94,7 @@ impl<'a> Cursor<'a> {
         CursorError { offset, kind }
     }
 
+    #[inline]
     fn take<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], CursorError> {
         let bytes = self
             .pos
@@ -111,41 +115,49 @@ impl<'a> Cursor<'a> {
     }
 
     /// `Byte1` / `Int8`.
+    #[inline]
     pub fn u8(&mut self, field: &'static str) -> Result<u8, CursorError> {
         self.take::<1>(field).map(|[b]| b)
     }
 
     /// Unsigned big-endian `Int16`.
+    #[inline]
     pub fn u16(&mut self, field: &'static str) -> Result<u16, CursorError> {
         self.take(field).map(u16::from_be_bytes)
     }
 
     /// Signed big-endian `Int16`.
+    #[inline]
     pub fn i16(&mut self, field: &'static str) -> Result<i16, CursorError> {
         self.take(field).map(i16::from_be_bytes)
     }
 
     /// Unsigned big-endian `Int32` (OIDs, xids).
+    #[inline]
     pub fn u32(&mut self, field: &'static str) -> Result<u32, CursorError> {
         self.take(field).map(u32::from_be_bytes)
     }
 
     /// Signed big-endian `Int32`.
+    #[inline]
     pub fn i32(&mut self, field: &'static str) -> Result<i32, CursorError> {
         self.take(field).map(i32::from_be_bytes)
     }
 
     /// Unsigned big-endian `Int64` (LSNs).
+    #[inline]
     pub fn u64(&mut self, field: &'static str) -> Result<u64, CursorError> {
         self.take(field).map(u64::from_be_bytes)
     }
 
     /// Signed big-endian `Int64` (timestamps).
+    #[inline]
     pub fn i64(&mut self, field: &'static str) -> Result<i64, CursorError> {
         self.take(field).map(i64::from_be_bytes)
     }
 
     /// A signed `Int16` count that must not be negative.
+    #[inline]
     pub fn count_i16(&mut self, field: &'static str) -> Result<usize, CursorError> {
         let offset = self.pos;
         let n = self.i16(field)?;
@@ -159,6 +171,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A signed `Int32` length or count that must not be negative.
+    #[inline]
     pub fn len_i32(&mut self, field: &'static str) -> Result<usize, CursorError> {
         let offset = self.pos;
         let n = self.i32(field)?;
@@ -172,6 +185,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// The next `len` bytes as a slice of the input.
+    #[inline]
     pub fn bytes(&mut self, len: usize, field: &'static str) -> Result<Bytes, CursorError> {
         let end = self
             .pos
@@ -191,6 +205,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Everything that is left, as a slice of the input.
+    #[inline]
     pub fn rest(&mut self) -> Bytes {
         let out = self.buf.slice(self.pos.min(self.buf.len())..);
         self.pos = self.buf.len();
@@ -198,6 +213,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A NUL-terminated `String` field without the terminator, as raw bytes.
+    #[inline]
     pub fn cstr_bytes(&mut self, field: &'static str) -> Result<Bytes, CursorError> {
         let start = self.pos;
         let rest = self.buf.get(start..).unwrap_or_default();
@@ -211,6 +227,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A NUL-terminated `String` field that must be UTF-8.
+    #[inline]
     pub fn cstr(&mut self, field: &'static str) -> Result<pgrelay_types::ByteStr, CursorError> {
         let start = self.pos;
         let raw = self.cstr_bytes(field)?;
@@ -221,6 +238,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Fails unless every byte has been consumed.
+    #[inline]
     pub fn finish(&self) -> Result<(), CursorError> {
         match self.remaining() {
             0 => Ok(()),
@@ -238,7 +256,9 @@ mod tests {
 
     #[test]
     fn reads_big_endian_fields() {
-        let buf = Bytes::from_static(b"\x01\x00\x02\xff\xff\xff\xfe\x00\x00\x00\x00\x00\x00\x00\x03ab\0rest");
+        let buf = Bytes::from_static(
+            b"\x01\x00\x02\xff\xff\xff\xfe\x00\x00\x00\x00\x00\x00\x00\x03ab\0rest",
+        );
         let mut c = Cursor::new(&buf);
         assert_eq!(c.u8("a"), Ok(1));
         assert_eq!(c.u16("b"), Ok(2));

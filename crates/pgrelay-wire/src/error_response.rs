@@ -249,12 +249,11 @@ impl ErrorResponse {
                 }
                 b'V' => severity_v = Some(text()),
                 b'C' => {
-                    resp.code = SqlState::new(&raw).ok_or_else(|| {
-                        ErrorResponseError::InvalidSqlState {
+                    resp.code =
+                        SqlState::new(&raw).ok_or_else(|| ErrorResponseError::InvalidSqlState {
                             code: text(),
                             offset: value_offset,
-                        }
-                    })?;
+                        })?;
                     have_c = true;
                 }
                 b'M' => {
@@ -307,7 +306,11 @@ impl ErrorResponse {
 /// `SEVERITY CODE: message` plus detail and hint, the way psql shows them.
 impl fmt::Display for ErrorResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.localized_severity, self.code, self.message)?;
+        write!(
+            f,
+            "{} {}: {}",
+            self.localized_severity, self.code, self.message
+        )?;
         if let Some(d) = &self.detail {
             write!(f, " DETAIL: {d}")?;
         }
@@ -369,15 +372,30 @@ mod tests {
 
     #[test]
     fn classification() {
-        let transient = ["08006", "08P01", "40001", "40P01", "53100", "53200", "53300", "57P01", "57P02", "57P03", "55006"];
-        let fatal = ["28P01", "28000", "42601", "42704", "23505", "40003", "55000", "57014", "XX000", "58P01"];
+        let transient = [
+            "08006", "08P01", "40001", "40P01", "53100", "53200", "53300", "57P01", "57P02",
+            "57P03", "55006",
+        ];
+        let fatal = [
+            "28P01", "28000", "42601", "42704", "23505", "40003", "55000", "57014", "XX000",
+            "58P01",
+        ];
         for c in transient {
-            assert!(SqlState::new(c.as_bytes()).is_some_and(|s| s.is_transient()), "{c}");
+            assert!(
+                SqlState::new(c.as_bytes()).is_some_and(|s| s.is_transient()),
+                "{c}"
+            );
         }
         for c in fatal {
-            assert!(SqlState::new(c.as_bytes()).is_some_and(|s| !s.is_transient()), "{c}");
+            assert!(
+                SqlState::new(c.as_bytes()).is_some_and(|s| !s.is_transient()),
+                "{c}"
+            );
         }
-        assert_eq!(SqlState::new(b"08006").map(|s| s.class().to_owned()), Some("08".into()));
+        assert_eq!(
+            SqlState::new(b"08006").map(|s| s.class().to_owned()),
+            Some("08".into())
+        );
     }
 
     #[test]
@@ -387,22 +405,62 @@ mod tests {
             err,
             ErrorResponseError::Malformed(CursorError {
                 offset: 17,
-                kind: CursorErrorKind::UnexpectedEnd { field: "field type", needed: 1, available: 0 }
+                kind: CursorErrorKind::UnexpectedEnd {
+                    field: "field type",
+                    needed: 1,
+                    available: 0
+                }
             })
         );
         let err = parse(b"SERROR\0C08006\0Mx").expect_err("unterminated value");
-        assert!(matches!(err, ErrorResponseError::Malformed(CursorError { offset: 15, kind: CursorErrorKind::MissingNul { .. } })));
+        assert!(matches!(
+            err,
+            ErrorResponseError::Malformed(CursorError {
+                offset: 15,
+                kind: CursorErrorKind::MissingNul { .. }
+            })
+        ));
         let err = parse(b"SERROR\0Mx\0\0").expect_err("no code");
-        assert_eq!(err, ErrorResponseError::MissingField { field: "SQLSTATE code (C)", offset: 11 });
+        assert_eq!(
+            err,
+            ErrorResponseError::MissingField {
+                field: "SQLSTATE code (C)",
+                offset: 11
+            }
+        );
         let err = parse(b"C08006\0Mx\0\0").expect_err("no severity");
-        assert!(matches!(err, ErrorResponseError::MissingField { field: "severity (S)", .. }));
+        assert!(matches!(
+            err,
+            ErrorResponseError::MissingField {
+                field: "severity (S)",
+                ..
+            }
+        ));
         let err = parse(b"SERROR\0C08006\0\0").expect_err("no message");
-        assert!(matches!(err, ErrorResponseError::MissingField { field: "message (M)", .. }));
+        assert!(matches!(
+            err,
+            ErrorResponseError::MissingField {
+                field: "message (M)",
+                ..
+            }
+        ));
         let err = parse(b"SERROR\0C0800\0Mx\0\0").expect_err("short code");
-        assert_eq!(err, ErrorResponseError::InvalidSqlState { code: "0800".into(), offset: 8 });
+        assert_eq!(
+            err,
+            ErrorResponseError::InvalidSqlState {
+                code: "0800".into(),
+                offset: 8
+            }
+        );
         assert!(parse(b"SERROR\0Cabcde\0Mx\0\0").is_err());
         let err = parse(b"SERROR\0C08006\0Mx\0\0junk").expect_err("trailing");
-        assert!(matches!(err, ErrorResponseError::Malformed(CursorError { offset: 18, kind: CursorErrorKind::TrailingBytes { count: 4 } })));
+        assert!(matches!(
+            err,
+            ErrorResponseError::Malformed(CursorError {
+                offset: 18,
+                kind: CursorErrorKind::TrailingBytes { count: 4 }
+            })
+        ));
         assert!(!err.is_transient());
         assert!(parse(b"").is_err());
     }

@@ -187,7 +187,13 @@ mod tests {
         assert_eq!(dec.decode(&mut buf), Ok(None));
         buf.extend_from_slice(b"\x04");
         let f = dec.decode(&mut buf).expect("ok").expect("frame");
-        assert_eq!(f, Frame { tag: b'c', body: Bytes::new() });
+        assert_eq!(
+            f,
+            Frame {
+                tag: b'c',
+                body: Bytes::new()
+            }
+        );
     }
 
     #[test]
@@ -201,7 +207,11 @@ mod tests {
 
     #[test]
     fn rejects_short_and_negative_lengths_with_offset() {
-        for (len, bytes) in [(3, *b"\x00\x00\x00\x03"), (-1, *b"\xff\xff\xff\xff"), (0, [0; 4])] {
+        for (len, bytes) in [
+            (3, *b"\x00\x00\x00\x03"),
+            (-1, *b"\xff\xff\xff\xff"),
+            (0, [0; 4]),
+        ] {
             let mut dec = FrameDecoder::new();
             let mut buf = BytesMut::from(&b"Z\x00\x00\x00\x05I"[..]);
             buf.extend_from_slice(b"d");
@@ -223,7 +233,13 @@ mod tests {
         let mut dec = FrameDecoder::with_max_message_len(16);
         let mut buf = BytesMut::from(&b"d\x00\x00\x00\x11"[..]);
         let err = dec.decode(&mut buf).expect_err("too long");
-        assert_eq!(err.kind, FrameErrorKind::LengthTooLong { length: 17, max: 16 });
+        assert_eq!(
+            err.kind,
+            FrameErrorKind::LengthTooLong {
+                length: 17,
+                max: 16
+            }
+        );
         assert!(err.to_string().contains("reconnect"));
         let mut dec = FrameDecoder::with_max_message_len(16);
         let mut buf = BytesMut::from(&b"d\x00\x00\x00\x10"[..]);

@@ -16,7 +16,11 @@ use bytes::{BufMut, BytesMut};
 /// nothing) if `body` is too large for a protocol message.
 #[must_use]
 pub fn copy_data(body: &[u8], dst: &mut BytesMut) -> bool {
-    let Some(len) = body.len().checked_add(4).and_then(|l| i32::try_from(l).ok()) else {
+    let Some(len) = body
+        .len()
+        .checked_add(4)
+        .and_then(|l| i32::try_from(l).ok())
+    else {
         return false;
     };
     dst.reserve(body.len() + 5);

@@ -117,7 +117,9 @@ impl ReplicationMessage {
     /// Decodes a CopyData body received during `START_REPLICATION`.
     pub fn decode(body: &Bytes) -> Result<Self, ReplicationDecodeError> {
         let mut c = Cursor::new(body);
-        let byte = c.u8("message type").map_err(|_| ReplicationDecodeError::Empty)?;
+        let byte = c
+            .u8("message type")
+            .map_err(|_| ReplicationDecodeError::Empty)?;
         let tag = char::from(byte);
         let malformed = |source| ReplicationDecodeError::Malformed { tag, source };
         match byte {
@@ -246,7 +248,8 @@ mod tests {
 
     #[test]
     fn keepalive() {
-        let m = decode(b"k\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x02\x01").expect("ok");
+        let m = decode(b"k\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x02\x01")
+            .expect("ok");
         assert_eq!(
             m,
             ReplicationMessage::PrimaryKeepalive(PrimaryKeepalive {
@@ -263,16 +266,53 @@ mod tests {
         assert_eq!(err, ReplicationDecodeError::Empty);
         let err = decode(b"w\x00\x00").expect_err("short");
         assert_eq!(err.offset(), 1);
-        assert!(matches!(err, ReplicationDecodeError::Malformed { tag: 'w', source: CursorError { kind: CursorErrorKind::UnexpectedEnd { field: "WAL start", .. }, .. } }));
-        let err = decode(b"k\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x02").expect_err("no flag");
+        assert!(matches!(
+            err,
+            ReplicationDecodeError::Malformed {
+                tag: 'w',
+                source: CursorError {
+                    kind: CursorErrorKind::UnexpectedEnd {
+                        field: "WAL start",
+                        ..
+                    },
+                    ..
+                }
+            }
+        ));
+        let err = decode(b"k\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x02")
+            .expect_err("no flag");
         assert_eq!(err.offset(), 17);
-        let err = decode(b"k\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x02\x02").expect_err("bad flag");
-        assert_eq!(err, ReplicationDecodeError::InvalidFlag { offset: 17, value: 2 });
-        let err = decode(b"k\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00").expect_err("trailing");
+        let err = decode(b"k\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x02\x02")
+            .expect_err("bad flag");
+        assert_eq!(
+            err,
+            ReplicationDecodeError::InvalidFlag {
+                offset: 17,
+                value: 2
+            }
+        );
+        let err =
+            decode(b"k\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00")
+                .expect_err("trailing");
         assert_eq!(err.offset(), 18);
-        assert!(matches!(err, ReplicationDecodeError::Malformed { source: CursorError { kind: CursorErrorKind::TrailingBytes { count: 1 }, .. }, .. }));
+        assert!(matches!(
+            err,
+            ReplicationDecodeError::Malformed {
+                source: CursorError {
+                    kind: CursorErrorKind::TrailingBytes { count: 1 },
+                    ..
+                },
+                ..
+            }
+        ));
         let err = decode(b"r").expect_err("client message");
-        assert_eq!(err, ReplicationDecodeError::UnknownTag { tag: 'r', byte: b'r' });
+        assert_eq!(
+            err,
+            ReplicationDecodeError::UnknownTag {
+                tag: 'r',
+                byte: b'r'
+            }
+        );
         assert!(!err.is_transient());
         assert!(err.to_string().contains("reconnect"));
     }

@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pgrelay_types::{
-    ByteStr, Change, Column, LogicalMessage, Lsn, OldTuple, Oid, RelationInfo, ReplicaIdentity,
+    ByteStr, Change, Column, LogicalMessage, Lsn, Oid, OldTuple, RelationInfo, ReplicaIdentity,
     TruncateOptions, Tuple, Value, Xid,
 };
 use pgrelay_wire::{Cursor, CursorError, CursorErrorKind};
@@ -451,8 +451,8 @@ fn decode_relation(c: &mut Cursor<'_>) -> Result<RelationInfo, SpillDecodeError>
     let name = string(c, "relation name")?;
     let ri_offset = c.position();
     let ri = c.u8("replica identity")?;
-    let replica_identity = ReplicaIdentity::from_byte(ri)
-        .ok_or_else(|| invalid(ri_offset, "replica identity", ri))?;
+    let replica_identity =
+        ReplicaIdentity::from_byte(ri).ok_or_else(|| invalid(ri_offset, "replica identity", ri))?;
     let n = usize::from(c.u16("column count")?);
     let mut columns = Vec::with_capacity(n.min(c.remaining() / 13));
     for _ in 0..n {

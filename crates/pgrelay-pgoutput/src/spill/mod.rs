@@ -198,8 +198,14 @@ mod tests {
             .expect("take")
             .map(|r| r.expect("record"))
             .collect();
-        assert_eq!(got, vec![Bytes::from_static(b"a"), Bytes::from_static(b"bc")]);
-        assert!(matches!(s.take(SpillId(1)), Err(SpillStoreError::Unknown { id: SpillId(1) })));
+        assert_eq!(
+            got,
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"bc")]
+        );
+        assert!(matches!(
+            s.take(SpillId(1)),
+            Err(SpillStoreError::Unknown { id: SpillId(1) })
+        ));
         s.discard(SpillId(2)).expect("discard");
         let err = s.discard(SpillId(2)).expect_err("gone");
         assert!(!err.is_transient());

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pgrelay_pgoutput::{
-    Committed, Decoder, DecoderConfig, MemorySpillStore, ProtocolVersion, Reassembled,
-    Reassembler, SpillStore, Streaming,
+    Committed, Decoder, DecoderConfig, MemorySpillStore, ProtocolVersion, Reassembled, Reassembler,
+    SpillStore, Streaming,
 };
 use pgrelay_types::Transaction;
 
@@ -78,10 +78,7 @@ pub fn run(
         let msg = dec
             .decode(p)
             .unwrap_or_else(|e| panic!("message {i} ({:?}): {e}", p.first().map(|b| *b as char)));
-        if let Some(out) = re
-            .push(msg)
-            .unwrap_or_else(|e| panic!("message {i}: {e}"))
-        {
+        if let Some(out) = re.push(msg).unwrap_or_else(|e| panic!("message {i}: {e}")) {
             collect::<MemorySpillStore>(out, &mut outcome);
         }
     }
@@ -152,7 +149,12 @@ pub fn begin(final_lsn: u64, xid: u32) -> Bytes {
 }
 
 pub fn commit(commit_lsn: u64, end_lsn: u64) -> Bytes {
-    Msg::new(b'C').u8(0).u64(commit_lsn).u64(end_lsn).u64(1_000).done()
+    Msg::new(b'C')
+        .u8(0)
+        .u64(commit_lsn)
+        .u64(end_lsn)
+        .u64(1_000)
+        .done()
 }
 
 /// Relation `public.<name>` with the given text columns; the first is the key.
@@ -161,7 +163,12 @@ pub fn relation(xid: Option<u32>, oid: u32, name: &str, cols: &[&str]) -> Bytes 
     if let Some(x) = xid {
         m = m.u32(x);
     }
-    m = m.u32(oid).s("public").s(name).u8(b'd').i16(cols.len() as i16);
+    m = m
+        .u32(oid)
+        .s("public")
+        .s(name)
+        .u8(b'd')
+        .i16(cols.len() as i16);
     for (i, c) in cols.iter().enumerate() {
         m = m.u8(u8::from(i == 0)).s(c).u32(25).i32(-1);
     }
@@ -185,7 +192,13 @@ pub fn stream_stop() -> Bytes {
 }
 
 pub fn stream_commit(xid: u32, commit_lsn: u64, end_lsn: u64) -> Bytes {
-    Msg::new(b'c').u32(xid).u8(0).u64(commit_lsn).u64(end_lsn).u64(1_000).done()
+    Msg::new(b'c')
+        .u32(xid)
+        .u8(0)
+        .u64(commit_lsn)
+        .u64(end_lsn)
+        .u64(1_000)
+        .done()
 }
 
 pub fn stream_abort(xid: u32, subxid: u32) -> Bytes {
@@ -193,19 +206,47 @@ pub fn stream_abort(xid: u32, subxid: u32) -> Bytes {
 }
 
 pub fn begin_prepare(prepare_lsn: u64, end_lsn: u64, xid: u32, gid: &str) -> Bytes {
-    Msg::new(b'b').u64(prepare_lsn).u64(end_lsn).u64(1_000).u32(xid).s(gid).done()
+    Msg::new(b'b')
+        .u64(prepare_lsn)
+        .u64(end_lsn)
+        .u64(1_000)
+        .u32(xid)
+        .s(gid)
+        .done()
 }
 
 pub fn prepare(tag: u8, prepare_lsn: u64, end_lsn: u64, xid: u32, gid: &str) -> Bytes {
-    Msg::new(tag).u8(0).u64(prepare_lsn).u64(end_lsn).u64(1_000).u32(xid).s(gid).done()
+    Msg::new(tag)
+        .u8(0)
+        .u64(prepare_lsn)
+        .u64(end_lsn)
+        .u64(1_000)
+        .u32(xid)
+        .s(gid)
+        .done()
 }
 
 pub fn commit_prepared(commit_lsn: u64, end_lsn: u64, xid: u32, gid: &str) -> Bytes {
-    Msg::new(b'K').u8(0).u64(commit_lsn).u64(end_lsn).u64(2_000).u32(xid).s(gid).done()
+    Msg::new(b'K')
+        .u8(0)
+        .u64(commit_lsn)
+        .u64(end_lsn)
+        .u64(2_000)
+        .u32(xid)
+        .s(gid)
+        .done()
 }
 
 pub fn rollback_prepared(xid: u32, gid: &str) -> Bytes {
-    Msg::new(b'r').u8(0).u64(10).u64(20).u64(1_000).u64(2_000).u32(xid).s(gid).done()
+    Msg::new(b'r')
+        .u8(0)
+        .u64(10)
+        .u64(20)
+        .u64(1_000)
+        .u64(2_000)
+        .u32(xid)
+        .s(gid)
+        .done()
 }
 
 pub fn message(xid: Option<u32>, transactional: bool, prefix: &str, content: &[u8]) -> Bytes {
