@@ -1,10 +1,15 @@
 //! The `pgrelay` command line.
 //!
-//! Parses arguments (clap), sets up logging, and dispatches to the library
-//! crates. Exit codes: 0 success, 1 a check failed (e.g. data differs),
-//! 2 bad arguments or an unreachable server.
+//! Parses arguments (clap), sets up logging on stderr, installs the
+//! SIGINT/SIGTERM handler that every long-running command receives as its
+//! shutdown future, and maps failures to exit codes: 0 success, 1 a
+//! runtime failure, 2 bad arguments or an unreachable server (clap's own
+//! usage errors exit 2 as well). Errors print as one line saying what to fix.
 
-use clap::Parser;
+mod sqlconn;
+mod tail;
+
+use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "pgrelay", version, about, long_about = None)]
@@ -12,6 +17,8 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -20,10 +27,52 @@ enum LogFormat {
     Json,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the logical change stream as JSON lines.
+    Tail(tail::TailArgs),
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        // Without handlers the default action (exit) still applies.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown requested");
+}
+
+/// Parses the command line; a usage error is printed as one line that
+/// says what to fix (clap's multi-line report folded), exit 2.
+fn parse_cli() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.render().to_string();
+            let message: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.is_empty())
+                .collect();
+            let message = message.join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            eprintln!("pgrelay: {message} (see `pgrelay --help`)");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn main() {
+    let cli = parse_cli();
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGRELAY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -31,5 +80,51 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    Ok(())
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgrelay: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Tail(args) => tail::run(args, shutdown_signal()).await,
+        }
+    });
+    if let Err(e) = result {
+        let code = if tail::is_usage_error(&e) { 2 } else { 1 };
+        let transient = e
+            .chain()
+            .filter_map(|c| c.downcast_ref::<pgrelay_source::SourceError>())
+            .any(|s| s.is_transient());
+        let hint = if transient {
+            " (transient: run the same command again to resume)"
+        } else {
+            ""
+        };
+        eprintln!("pgrelay: {}{hint}", one_line(&e));
+        std::process::exit(code);
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause that
+/// the outer message already quotes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out.replace('\n', " ")
 }

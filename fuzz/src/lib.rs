@@ -21,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use pgrelay_pgoutput::spill::codec::{
     crc32c, encode_change, encode_relation, SpillDecoder, SpillRecord,
 };
+use pgrelay_pgoutput::spill::MemoryReader;
 use pgrelay_pgoutput::{
     Decoder, DecoderConfig, MemorySpillStore, Message, ProtocolVersion, ReassembleError,
     Reassembled, Reassembler, Streaming,
@@ -28,8 +29,11 @@ use pgrelay_pgoutput::{
 use pgrelay_types::{Change, LogicalMessage, Transaction};
 use pgrelay_wire::{ErrorResponse, FrameDecoder, ReplicationMessage};
 
+/// A target body.
+pub type Target = fn(&[u8]);
+
 /// Every target, by corpus directory name.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("frame", frame),
     ("copy_data", copy_data),
     ("pgoutput", pgoutput),
@@ -39,7 +43,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 ];
 
 /// Looks a target up by name.
-pub fn target(name: &str) -> Option<fn(&[u8])> {
+pub fn target(name: &str) -> Option<Target> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 
@@ -257,10 +261,7 @@ enum Out {
 }
 
 fn drain(
-    r: Result<
-        Option<Reassembled<<MemorySpillStore as pgrelay_pgoutput::SpillStore>::Reader>>,
-        ReassembleError,
-    >,
+    r: Result<Option<Reassembled<MemoryReader>>, ReassembleError>,
 ) -> Result<Option<Out>, String> {
     match r {
         Ok(None) => Ok(None),
@@ -354,7 +355,7 @@ pub fn spill_codec(data: &[u8]) {
 }
 
 /// Runs every file in `dir` through `f`; returns how many ran.
-pub fn replay_dir(dir: &std::path::Path, f: fn(&[u8])) -> std::io::Result<usize> {
+pub fn replay_dir(dir: &std::path::Path, f: Target) -> std::io::Result<usize> {
     let mut n = 0;
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.path());

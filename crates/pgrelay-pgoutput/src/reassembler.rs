@@ -249,6 +249,16 @@ impl Buffer {
     }
 }
 
+fn prepare_info(p: crate::message::Prepare, streamed: bool) -> PrepareInfo {
+    PrepareInfo {
+        gid: p.gid,
+        prepare_lsn: p.prepare_lsn,
+        prepare_end_lsn: p.end_lsn,
+        prepare_ts: p.prepare_ts,
+        streamed,
+    }
+}
+
 fn relations_of(change: &Change) -> &[Arc<RelationInfo>] {
     match change {
         Change::Insert { relation, .. }
@@ -506,16 +516,7 @@ impl<S: SpillStore> Reassembler<S> {
                         xid: p.xid,
                     });
                 }
-                self.hold_prepared(
-                    p.xid,
-                    p.gid,
-                    p.prepare_lsn,
-                    p.end_lsn,
-                    p.prepare_ts,
-                    false,
-                    origin,
-                    buf,
-                )?;
+                self.hold_prepared(p.xid, prepare_info(p, false), origin, buf)?;
                 Ok(None)
             }
             Message::StreamPrepare(p) => {
@@ -526,16 +527,7 @@ impl<S: SpillStore> Reassembler<S> {
                         xid: p.xid,
                     });
                 };
-                self.hold_prepared(
-                    p.xid,
-                    p.gid,
-                    p.prepare_lsn,
-                    p.end_lsn,
-                    p.prepare_ts,
-                    true,
-                    t.origin,
-                    t.buf,
-                )?;
+                self.hold_prepared(p.xid, prepare_info(p, true), t.origin, t.buf)?;
                 Ok(None)
             }
             Message::CommitPrepared(c) => {
@@ -694,30 +686,18 @@ impl<S: SpillStore> Reassembler<S> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn hold_prepared(
         &mut self,
         xid: Xid,
-        gid: ByteStr,
-        prepare_lsn: Lsn,
-        prepare_end_lsn: Lsn,
-        prepare_ts: pgrelay_types::PgTimestamp,
-        streamed: bool,
+        info: PrepareInfo,
         origin: Option<Origin>,
         buf: Buffer,
     ) -> Result<(), ReassembleError> {
-        if self.prepared.contains_key(&gid) {
-            return Err(ReassembleError::DuplicatePrepared { gid });
+        if self.prepared.contains_key(&info.gid) {
+            return Err(ReassembleError::DuplicatePrepared { gid: info.gid });
         }
-        let info = PrepareInfo {
-            gid: gid.clone(),
-            prepare_lsn,
-            prepare_end_lsn,
-            prepare_ts,
-            streamed,
-        };
         self.prepared.insert(
-            gid,
+            info.gid.clone(),
             PreparedTxn {
                 xid,
                 info,

@@ -91,6 +91,8 @@ pub struct ReplicationClient {
     /// A Query was sent and its ReadyForQuery not yet read.
     awaiting_ready: bool,
     broken: bool,
+    /// START_REPLICATION already ran on this connection.
+    streamed: bool,
 }
 
 impl std::fmt::Debug for ReplicationClient {
@@ -161,6 +163,7 @@ impl ReplicationClient {
             server_major,
             awaiting_ready: false,
             broken: false,
+            streamed: false,
         })
     }
 
@@ -266,7 +269,9 @@ impl ReplicationClient {
             .map_err(|_| SourceError::invalid("query", "it contains a NUL character"))?;
         self.awaiting_ready = true;
         self.conn.flush().await?;
-        tracing::debug!(server = self.conn.target(), query = sql, "simple query");
+        // Only the first word: the text may carry secrets (ALTER ROLE ...).
+        let command = sql.split_whitespace().next().unwrap_or("");
+        tracing::debug!(server = self.conn.target(), command, "simple query");
         let mut results = Vec::new();
         let mut current: Option<QueryResult> = None;
         let mut error: Option<SourceError> = None;
@@ -278,7 +283,6 @@ impl ReplicationClient {
                 Err(e) => return Err(error.unwrap_or(e)),
             };
             let target = self.conn.target();
-            eprintln!("DEBUG query frame {:?} {}", char::from(frame.tag), frame.body.len());
             match frame.tag {
                 b'T' => {
                     current = Some(QueryResult {
@@ -456,7 +460,10 @@ impl ReplicationClient {
     /// slot's confirmed position) with pgoutput `options`, returning the
     /// stream. Unless `feedback.status_interval` is set, first reads
     /// `wal_sender_timeout` to pace status updates. Consumes the client;
-    /// [`LogicalStream::shutdown`] gives it back.
+    /// [`LogicalStream::shutdown`] gives it back for further commands, but
+    /// streaming again needs a new connection: PostgreSQL ends a second
+    /// logical START_REPLICATION on the same connection immediately, so
+    /// this returns [`SourceError::InvalidArgument`] instead.
     pub async fn start_logical_replication(
         mut self,
         slot: &str,
@@ -464,6 +471,13 @@ impl ReplicationClient {
         options: &PgOutputOptions,
         feedback: FeedbackSettings,
     ) -> Result<LogicalStream, SourceError> {
+        if self.streamed {
+            return Err(SourceError::invalid(
+                "second START_REPLICATION on one connection",
+                "the walsender ends a second logical START_REPLICATION on the same connection at \
+                 once (its end-of-streaming state is never reset); open a new connection",
+            ));
+        }
         let cmd = command::start_replication(slot, start_lsn, options, self.server_major)?;
         let status_interval = match feedback.status_interval {
             Some(d) => d,
@@ -497,7 +511,10 @@ impl ReplicationClient {
             };
             let target = self.conn.target();
             match frame.tag {
-                b'W' => break,
+                b'W' => {
+                    self.streamed = true;
+                    break;
+                }
                 b'E' => {
                     let resp = parse_error(target, &frame.body)?;
                     error.get_or_insert(SourceError::from_response(resp));
@@ -541,6 +558,7 @@ impl ReplicationClient {
     }
 
     /// Ends the session politely (Terminate) and closes the socket.
+    /// Dropping the future (or the client) just closes the socket.
     pub async fn close(mut self) -> Result<(), SourceError> {
         if !self.broken {
             self.ensure_ready().await?;

@@ -21,7 +21,7 @@
 //!   does not implement are errors that say so, unless they are given at
 //!   their do-nothing value.
 //! * Passwords from `~/.pgpass` are not looked up here but per host at
-//!   connect time ([`crate::pgpass`]), because the file is keyed by host and
+//!   connect time (module `pgpass`), because the file is keyed by host and
 //!   port.
 //!
 //! PostgreSQL reference: libpq "Connection Strings" (libpq-connstring),

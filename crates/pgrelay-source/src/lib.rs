@@ -3,9 +3,9 @@
 //!
 //! Layering (as in rust-postgres and mini-redis):
 //! * [`config`]: libpq-compatible connection strings, environment and
-//!   defaults; [`pgpass`] for the password file.
+//!   defaults; `pgpass` for the password file.
 //! * `connection`: buffered frame I/O over TCP, a Unix socket or TLS
-//!   ([`tls`]); pgrelay-wire's `FrameDecoder` reads, `postgres-protocol`
+//!   (`tls`); pgrelay-wire's `FrameDecoder` reads, `postgres-protocol`
 //!   writes startup/authentication/query messages.
 //! * `connect`: host list, SSLRequest, startup and authentication (trust,
 //!   password, md5, SCRAM-SHA-256, SCRAM-SHA-256-PLUS).
@@ -66,3 +66,17 @@ pub use error::{ConnectAttempt, SourceError};
 pub use pgrelay_types::Lsn;
 pub use pgrelay_wire::{SqlState, XLogData};
 pub use stream::{FeedbackSettings, LogicalStream};
+
+/// The rustls configuration this crate uses for `target` under `config`'s
+/// `sslmode`, `sslrootcert`, `sslcert`/`sslkey` and `sslsni` rules
+/// (verify-ca without the host name check, require without a root
+/// certificate unverified, ALPN `postgresql`), for ordinary SQL
+/// connections made with another client such as tokio-postgres-rustls.
+/// Whether to use TLS at all (disable/allow/prefer) stays the caller's
+/// decision; Unix socket targets are refused.
+pub fn rustls_client_config(
+    config: &Config,
+    target: &Target,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, SourceError> {
+    tls::setup(config, target).map(|setup| setup.config)
+}

@@ -213,7 +213,6 @@ impl LogicalStream {
     async fn next_inner(&mut self) -> Result<Option<XLogData>, SourceError> {
         loop {
             while let Some(frame) = self.client.conn_mut().try_frame()? {
-                eprintln!("DEBUG frame {:?} {}", char::from(frame.tag), frame.body.len());
                 match frame.tag {
                     b'd' => {
                         if self.state != State::Streaming {
@@ -387,7 +386,6 @@ impl LogicalStream {
                 Ok(f) => f,
                 Err(e) => return Err(e),
             };
-            eprintln!("DEBUG shutdown frame {:?} {}", char::from(frame.tag), frame.body.len());
             match frame.tag {
                 b'd' | b'c' | b'C' => {}
                 b'Z' => {

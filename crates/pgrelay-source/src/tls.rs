@@ -395,6 +395,38 @@ mod tests {
     }
 
     #[test]
+    fn setup_follows_sslmode() {
+        let parse = |s: &str| {
+            crate::config::Config::parse_with_env(s, |k| {
+                (k == "HOME").then(|| "/nonexistent".into())
+            })
+            .expect("config")
+        };
+        let c = parse("host=db.example user=u sslmode=require sslsni=0");
+        let s = setup(&c, &c.targets[0]).expect("require without a root certificate");
+        assert!(!s.config.enable_sni);
+        assert_eq!(s.config.alpn_protocols, vec![b"postgresql".to_vec()]);
+        assert_eq!(s.server_name.to_str(), "db.example");
+        let c = parse("host=name.example hostaddr=10.1.2.3 user=u sslmode=verify-full");
+        let err = setup(&c, &c.targets[0])
+            .err()
+            .expect("verify-full without CA");
+        assert!(err.to_string().contains("sslrootcert"), "{err}");
+        assert!(!err.is_transient());
+        let c = parse("host=/tmp user=u sslmode=require");
+        assert!(setup(&c, &c.targets[0]).is_err(), "TLS over a Unix socket");
+        let dir = tempfile::tempdir().expect("dir");
+        let empty = dir.path().join("empty.crt");
+        std::fs::write(&empty, "no certificates here").expect("write");
+        let c = parse(&format!(
+            "host=h user=u sslmode=verify-ca sslrootcert={}",
+            empty.display()
+        ));
+        let err = setup(&c, &c.targets[0]).err().expect("empty CA file");
+        assert!(err.to_string().contains("no PEM certificates"), "{err}");
+    }
+
+    #[test]
     fn der_lengths() {
         assert_eq!(der_tlv(b"\x04\x02ab!"), Some((4, &b"ab"[..], &b"!"[..])));
         let mut long = vec![0x04, 0x82, 0x01, 0x00];

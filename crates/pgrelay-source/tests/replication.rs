@@ -349,7 +349,6 @@ pgrelay_testkit::per_major!(streaming, |major| async move {
         "pgoutput sends Commit at the end LSN"
     );
     for m in &txn {
-        eprintln!("{} {:?} {:?}", char::from(m.data[0]), m.wal_start, m.wal_end);
         assert!(m.send_time.0 > 0, "{:?}", m.send_time);
     }
     assert_eq!(stream.received_lsn(), end);
@@ -370,17 +369,25 @@ pgrelay_testkit::per_major!(streaming, |major| async move {
         "slot after shutdown"
     );
 
-    // The same client streams again, from the confirmed position.
+    // The returned client runs commands, but streaming again needs a new
+    // connection (the walsender would end it at once).
     sql.batch_execute("INSERT INTO items VALUES (12, 'next')")
         .await
         .expect("write");
-    assert_eq!(
-        c.identify_system()
-            .await
-            .expect("usable after shutdown")
-            .timeline,
-        1
+    let id = c.identify_system().await.expect("usable after shutdown");
+    assert_eq!(id.timeline, 1);
+    let err = c
+        .start_logical_replication(&slot, Lsn::INVALID, &options, FeedbackSettings::default())
+        .await
+        .expect_err("second START_REPLICATION on one connection");
+    assert!(
+        matches!(err, SourceError::InvalidArgument { .. }),
+        "{err:?}"
     );
+    // A new connection streams from the confirmed position.
+    let c = ReplicationClient::connect(&config(&pg, home.path()))
+        .await
+        .expect("reconnect");
     let mut stream = c
         .start_logical_replication(&slot, Lsn::INVALID, &options, FeedbackSettings::default())
         .await
@@ -388,10 +395,16 @@ pgrelay_testkit::per_major!(streaming, |major| async move {
     let txn = transaction(&mut stream).await;
     let kinds: String = txn.iter().map(|m| char::from(m.data[0])).collect();
     assert_eq!(kinds, "BRIC", "only the new transaction is sent again");
-    assert!(txn[0].wal_start > end);
+    assert!(txn[0].wal_start >= end, "{:?} < {end}", txn[0].wal_start);
     let end2 = commit_end(txn.last().expect("commit"));
     stream.set_flushed(end2);
-    let mut c = stream.shutdown().await.expect("shutdown");
+    stream
+        .shutdown()
+        .await
+        .expect("shutdown")
+        .close()
+        .await
+        .expect("close");
     let confirmed: Lsn = sql_one(
         &sql,
         &format!(
@@ -405,6 +418,9 @@ pgrelay_testkit::per_major!(streaming, |major| async move {
     assert!(confirmed >= end2, "{confirmed} < {end2}");
 
     // A START_REPLICATION the server refuses is a server error.
+    let c = ReplicationClient::connect(&config(&pg, home.path()))
+        .await
+        .expect("reconnect");
     let err = c
         .start_logical_replication(
             "no_such_slot",

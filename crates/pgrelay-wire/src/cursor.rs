@@ -63,6 +63,13 @@ pub struct CursorError {
     pub kind: CursorErrorKind,
 }
 
+impl CursorError {
+    /// Malformed bytes stay malformed: fatal.
+    pub fn is_transient(&self) -> bool {
+        false
+    }
+}
+
 /// Reads fields front to back from a shared buffer.
 #[derive(Debug, Clone)]
 pub struct Cursor<'a> {

@@ -12,22 +12,37 @@
 
 use bytes::{BufMut, BytesMut};
 
-/// Appends a CopyData message carrying `body`. Returns `false` (writing
-/// nothing) if `body` is too large for a protocol message.
-#[must_use]
-pub fn copy_data(body: &[u8], dst: &mut BytesMut) -> bool {
-    let Some(len) = body
+/// A payload too large for one protocol message (`Int32` length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cannot send a {len}-byte CopyData message: the protocol limit is 2 GiB; this is a pgrelay \
+     bug, report it"
+)]
+pub struct MessageTooLarge {
+    /// Size of the payload that did not fit.
+    pub len: usize,
+}
+
+impl MessageTooLarge {
+    /// The same payload never fits: fatal.
+    pub fn is_transient(&self) -> bool {
+        false
+    }
+}
+
+/// Appends a CopyData message carrying `body`; writes nothing if `body` is
+/// too large for a protocol message.
+pub fn copy_data(body: &[u8], dst: &mut BytesMut) -> Result<(), MessageTooLarge> {
+    let len = body
         .len()
         .checked_add(4)
         .and_then(|l| i32::try_from(l).ok())
-    else {
-        return false;
-    };
+        .ok_or(MessageTooLarge { len: body.len() })?;
     dst.reserve(body.len() + 5);
     dst.put_u8(b'd');
     dst.put_i32(len);
     dst.put_slice(body);
-    true
+    Ok(())
 }
 
 /// Appends a CopyDone message.
@@ -53,7 +68,7 @@ mod tests {
         }
         .encode(&mut body);
         let mut dst = BytesMut::new();
-        assert!(copy_data(&body, &mut dst));
+        assert_eq!(copy_data(&body, &mut dst), Ok(()));
         assert_eq!(&dst[..5], b"d\x00\x00\x00\x26");
         assert_eq!(&dst[5..], &body[..]);
         copy_done(&mut dst);

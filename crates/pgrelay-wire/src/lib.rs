@@ -25,7 +25,7 @@ mod replication;
 pub use cursor::{Cursor, CursorError, CursorErrorKind};
 pub use error_response::{ErrorResponse, ErrorResponseError, Severity, SqlState};
 pub use frame::{Frame, FrameDecoder, FrameError, FrameErrorKind};
-pub use frontend::{copy_data, copy_done};
+pub use frontend::{copy_data, copy_done, MessageTooLarge};
 pub use replication::{
     HotStandbyFeedback, PrimaryKeepalive, ReplicationDecodeError, ReplicationMessage,
     StandbyStatusUpdate, XLogData,

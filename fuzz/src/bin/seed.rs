@@ -190,11 +190,11 @@ fn main() {
             let body = xlogdata(m);
             corpus.add("copy_data", &body);
             let mut f = BytesMut::new();
-            assert!(copy_data(&body, &mut f));
+            copy_data(&body, &mut f).expect("small");
             frames.extend_from_slice(&f);
         }
         let mut f = BytesMut::new();
-        assert!(copy_data(keepalive, &mut f));
+        copy_data(keepalive, &mut f).expect("small");
         frames.extend_from_slice(&f);
         frames.extend_from_slice(b"E");
         frames.extend_from_slice(&(error.len() as u32 + 4).to_be_bytes());
