@@ -27,7 +27,11 @@ struct TailRun {
 async fn tail(args: &[&str]) -> TailRun {
     let out = tokio::time::timeout(
         Duration::from_secs(120),
-        Command::new(PGRELAY).arg("tail").args(args).kill_on_drop(true).output(),
+        Command::new(PGRELAY)
+            .arg("tail")
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
     )
     .await
     .expect("tail did not finish within 120 s")
@@ -51,7 +55,9 @@ async fn sql(c: &tokio_postgres::Client, q: &str) -> Vec<Vec<Option<String>>> {
 }
 
 async fn current_lsn(c: &tokio_postgres::Client) -> String {
-    sql(c, "SELECT pg_current_wal_lsn()").await[0][0].clone().unwrap()
+    sql(c, "SELECT pg_current_wal_lsn()").await[0][0]
+        .clone()
+        .unwrap()
 }
 
 fn ops<'a>(events: &'a [Json], op: &str, table: &str) -> Vec<&'a Json> {
@@ -112,20 +118,22 @@ pgrelay_testkit::per_major!(message_kinds, |major| async move {
          COMMIT;",
     )
     .await;
-    sql(
-        &c,
+    // One statement batch each: COMMIT/ROLLBACK PREPARED cannot run inside
+    // the implicit transaction of a multi-statement query.
+    for q in [
         "BEGIN; INSERT INTO parent VALUES (4, 'with message');
-         SELECT pg_logical_emit_message(true, 'pfx', 'transactional'); COMMIT;
-         SELECT pg_logical_emit_message(false, 'pfx', 'not transactional');
-         BEGIN; INSERT INTO parent VALUES (10, 'prepared, committed'); PREPARE TRANSACTION 'g1';
-         COMMIT PREPARED 'g1';
-         BEGIN; INSERT INTO parent VALUES (11, 'prepared, rolled back'); PREPARE TRANSACTION 'g2';
-         ROLLBACK PREPARED 'g2';
-         TRUNCATE parent CASCADE;
-         ALTER TABLE parent ADD COLUMN extra int DEFAULT 5;
-         INSERT INTO parent VALUES (20, 'with extra', 7);",
-    )
-    .await;
+         SELECT pg_logical_emit_message(true, 'pfx', 'transactional'); COMMIT;",
+        "SELECT pg_logical_emit_message(false, 'pfx', 'not transactional')",
+        "BEGIN; INSERT INTO parent VALUES (10, 'prepared, committed'); PREPARE TRANSACTION 'g1'",
+        "COMMIT PREPARED 'g1'",
+        "BEGIN; INSERT INTO parent VALUES (11, 'prepared, rolled back'); PREPARE TRANSACTION 'g2'",
+        "ROLLBACK PREPARED 'g2'",
+        "TRUNCATE parent CASCADE",
+        "ALTER TABLE parent ADD COLUMN extra int DEFAULT 5",
+        "INSERT INTO parent VALUES (20, 'with extra', 7)",
+    ] {
+        sql(&c, q).await;
+    }
     let until = current_lsn(&c).await;
     let run = tail(&[
         "--source",
@@ -142,34 +150,55 @@ pgrelay_testkit::per_major!(message_kinds, |major| async move {
     let ev = &run.events;
 
     let inserts: Vec<_> = ops(ev, "insert", "parent");
-    let ids: Vec<&str> = inserts.iter().map(|e| e["new"]["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = inserts
+        .iter()
+        .map(|e| e["new"]["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["1", "2", "4", "10", "20"], "parent inserts");
     assert_eq!(inserts[0]["schema"], "public");
     assert_eq!(inserts[4]["new"]["extra"], "7", "column added mid-stream");
     let updates = ops(ev, "update", "parent");
     assert_eq!(updates[0]["new"]["v"], "a2");
-    assert!(updates[0].get("key").is_none(), "no key sent when it did not change");
-    assert_eq!(updates[1]["key"]["id"], "2", "old key of a key-changing update");
+    assert!(
+        updates[0].get("key").is_none(),
+        "no key sent when it did not change"
+    );
+    assert_eq!(
+        updates[1]["key"]["id"], "2",
+        "old key of a key-changing update"
+    );
     assert_eq!(updates[1]["new"]["id"], "3");
     let deletes = ops(ev, "delete", "child");
     assert_eq!(deletes[0]["key"], serde_json::json!({"id": "1"}));
 
     let big = ops(ev, "insert", "big");
-    assert_eq!(big.len(), 2001, "streamed transaction minus the rolled-back savepoint");
+    assert_eq!(
+        big.len(),
+        2001,
+        "streamed transaction minus the rolled-back savepoint"
+    );
     assert!(big.iter().all(|e| e["new"]["pad"] != "rolled back"));
     let xid = &big[0]["xid"];
     let begin = ev
         .iter()
         .find(|e| e["op"] == "begin" && &e["xid"] == xid)
         .expect("begin of the big transaction");
-    assert_eq!(begin["kind"], "streamed", "the large transaction was not streamed");
+    assert_eq!(
+        begin["kind"], "streamed",
+        "the large transaction was not streamed"
+    );
 
     let messages: Vec<_> = ev.iter().filter(|e| e["op"] == "message").collect();
     assert_eq!(messages.len(), 2, "{messages:?}");
-    let tx_msg = messages.iter().find(|m| m["transactional"] == true).unwrap();
+    let tx_msg = messages
+        .iter()
+        .find(|m| m["transactional"] == true)
+        .unwrap();
     assert_eq!(tx_msg["content"], "transactional");
     assert_eq!(tx_msg["prefix"], "pfx");
-    assert!(messages.iter().any(|m| m["transactional"] == false && m["content"] == "not transactional"));
+    assert!(messages
+        .iter()
+        .any(|m| m["transactional"] == false && m["content"] == "not transactional"));
 
     if major >= 15 {
         let prepared = ev
@@ -212,7 +241,11 @@ pgrelay_testkit::per_major!(message_kinds, |major| async move {
         &format!("SELECT confirmed_flush_lsn >= '{until}' FROM pg_replication_slots WHERE slot_name = '{slot}'"),
     )
     .await;
-    assert_eq!(confirmed[0][0].as_deref(), Some("t"), "slot not confirmed up to --until");
+    assert_eq!(
+        confirmed[0][0].as_deref(),
+        Some("t"),
+        "slot not confirmed up to --until"
+    );
     sql(&c, &format!("SELECT pg_drop_replication_slot('{slot}')")).await;
 });
 
@@ -286,8 +319,13 @@ const TYPES_ROWS: &str = "
     INSERT INTO all_types (id) VALUES (3);
     UPDATE all_types SET c_int4 = 7 WHERE id = 1;";
 
-/// The source's own `::text` of every column of every row.
-async fn source_text(c: &tokio_postgres::Client) -> BTreeMap<String, BTreeMap<String, Option<String>>> {
+/// The source's text output form of every column of every row: what the
+/// type's output function prints (`format('%s', col)`), as pgoutput sends
+/// it. (A `::text` cast differs for a few types: bool gives `true`, inet
+/// adds `/32`.)
+async fn source_text(
+    c: &tokio_postgres::Client,
+) -> BTreeMap<String, BTreeMap<String, Option<String>>> {
     let cols: Vec<String> = sql(
         c,
         "SELECT attname FROM pg_attribute WHERE attrelid = 'all_types'::regclass AND attnum > 0
@@ -297,7 +335,11 @@ async fn source_text(c: &tokio_postgres::Client) -> BTreeMap<String, BTreeMap<St
     .into_iter()
     .map(|r| r[0].clone().unwrap())
     .collect();
-    let select = cols.iter().map(|c| format!("{c}::text")).collect::<Vec<_>>().join(", ");
+    let select = cols
+        .iter()
+        .map(|c| format!("CASE WHEN {c} IS NULL THEN NULL ELSE format('%s', {c}) END"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut out = BTreeMap::new();
     for row in sql(c, &format!("SELECT {select} FROM all_types ORDER BY id")).await {
         let map: BTreeMap<String, Option<String>> = cols.iter().cloned().zip(row).collect();
@@ -316,16 +358,27 @@ async fn check_types(major: u32, binary: bool) {
     // looks it up as of each change.
     sql(
         &c,
-        &format!(
-            "CREATE PUBLICATION {publication} FOR TABLE all_types"
-        ),
+        &format!("CREATE PUBLICATION {publication} FOR TABLE all_types"),
     )
     .await;
-    sql(&c, &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")).await;
+    sql(
+        &c,
+        &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"),
+    )
+    .await;
     sql(&c, TYPES_ROWS).await;
     let until = current_lsn(&c).await;
     let url = pg.superuser_url("postgres");
-    let mut args = vec!["--source", &url, "--publication", &publication, "--slot", &slot, "--until", &until];
+    let mut args = vec![
+        "--source",
+        &url,
+        "--publication",
+        &publication,
+        "--slot",
+        &slot,
+        "--until",
+        &until,
+    ];
     if binary {
         args.push("--binary");
     }
@@ -385,13 +438,25 @@ pgrelay_testkit::per_major!(resume_after_crash, |major| async move {
         ),
     )
     .await;
-    sql(&c, &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")).await;
+    sql(
+        &c,
+        &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"),
+    )
+    .await;
     for i in 1..=20 {
         sql(&c, &format!("INSERT INTO t VALUES ({i})")).await;
     }
     let url = pg.superuser_url("postgres");
     let mut child = Command::new(PGRELAY)
-        .args(["tail", "--source", &url, "--publication", &publication, "--slot", &slot])
+        .args([
+            "tail",
+            "--source",
+            &url,
+            "--publication",
+            &publication,
+            "--slot",
+            &slot,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -421,7 +486,10 @@ pgrelay_testkit::per_major!(resume_after_crash, |major| async move {
         .await
         .unwrap();
     assert_eq!(status.code(), Some(1), "stderr: {stderr}");
-    assert!(stderr.contains("transient"), "error not marked transient: {stderr}");
+    assert!(
+        stderr.contains("transient"),
+        "error not marked transient: {stderr}"
+    );
 
     pg.start_again();
     let c = pg.connect("postgres").await;
@@ -429,7 +497,17 @@ pgrelay_testkit::per_major!(resume_after_crash, |major| async move {
         sql(&c, &format!("INSERT INTO t VALUES ({i})")).await;
     }
     let until = current_lsn(&c).await;
-    let run = tail(&["--source", &url, "--publication", &publication, "--slot", &slot, "--until", &until]).await;
+    let run = tail(&[
+        "--source",
+        &url,
+        "--publication",
+        &publication,
+        "--slot",
+        &slot,
+        "--until",
+        &until,
+    ])
+    .await;
     assert!(run.status.success(), "{}", run.stderr);
     for e in ops(&run.events, "insert", "t") {
         seen.push(e["new"]["id"].as_str().unwrap().parse().unwrap());
@@ -447,7 +525,13 @@ async fn sigterm_exits_cleanly_and_removes_what_it_created() {
     let c = pg.connect("postgres").await;
     sql(&c, "CREATE TABLE watched (id int PRIMARY KEY)").await;
     let mut child = Command::new(PGRELAY)
-        .args(["tail", "--source", &pg.superuser_url("postgres"), "--table", "public.watched"])
+        .args([
+            "tail",
+            "--source",
+            &pg.superuser_url("postgres"),
+            "--table",
+            "public.watched",
+        ])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -455,11 +539,18 @@ async fn sigterm_exits_cleanly_and_removes_what_it_created() {
     // Streaming once the temporary slot is active.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let active = sql(&c, "SELECT count(*) FROM pg_replication_slots WHERE active AND temporary").await;
+        let active = sql(
+            &c,
+            "SELECT count(*) FROM pg_replication_slots WHERE active AND temporary",
+        )
+        .await;
         if active[0][0].as_deref() == Some("1") {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "tail never started streaming");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tail never started streaming"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sql(&c, "INSERT INTO watched VALUES (1)").await;
@@ -488,7 +579,10 @@ async fn sigterm_exits_cleanly_and_removes_what_it_created() {
         if left[0][0].as_deref() == Some("0") {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "publication or slot left behind");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publication or slot left behind"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -497,11 +591,22 @@ async fn sigterm_exits_cleanly_and_removes_what_it_created() {
 async fn usage_errors_exit_2_with_one_line() {
     let port = pgrelay_testkit::free_port();
     let cases: [(&[&str], &str); 4] = [
-        (&["--source", "postgres://u@127.0.0.1:1/db", "--table", ""], "--table"),
-        (&["--source", "postgres://u@[bad", "--publication", "p"], "--source"),
+        (
+            &["--source", "postgres://u@127.0.0.1:1/db", "--table", ""],
+            "--table",
+        ),
+        (
+            &["--source", "postgres://u@[bad", "--publication", "p"],
+            "--source",
+        ),
         (&["--source", "postgres://127.0.0.1/db"], "--publication"),
         (
-            &["--source", &format!("postgres://u@127.0.0.1:{port}/db"), "--publication", "p"],
+            &[
+                "--source",
+                &format!("postgres://u@127.0.0.1:{port}/db"),
+                "--publication",
+                "p",
+            ],
             "cannot connect",
         ),
     ];

@@ -9,8 +9,8 @@
 use std::time::{Duration, Instant};
 
 use pgrelay_testkit::{
-    compare_databases, connect_plain, connect_tls, describe, unique_name, Cluster,
-    FaultProxy, PgInstall, TableDifference, TestCa, Workload, MD5_ROLE, REPLICATION_ROLE, SCRAM_ROLE,
+    compare_databases, connect_plain, connect_tls, describe, unique_name, Cluster, FaultProxy,
+    PgInstall, TableDifference, TestCa, Workload, MD5_ROLE, REPLICATION_ROLE, SCRAM_ROLE,
     TEST_PASSWORD,
 };
 
@@ -46,11 +46,16 @@ pgrelay_testkit::per_major!(lifecycle, |major| async move {
 
     // The connection must see the crash, and recovery must keep the commit.
     pg.crash();
-    assert!(c.simple_query("SELECT 1").await.is_err(), "client survived a crash");
+    assert!(
+        c.simple_query("SELECT 1").await.is_err(),
+        "client survived a crash"
+    );
     pg.start_again();
-    assert!(pg.log().contains("database system was interrupted")
-        || pg.log().contains("not properly shut down"),
-        "no crash recovery in the server log");
+    assert!(
+        pg.log().contains("database system was interrupted")
+            || pg.log().contains("not properly shut down"),
+        "no crash recovery in the server log"
+    );
     let c = pg.connect("postgres").await;
     assert_eq!(one(&c, "SELECT count(*)::text FROM t").await, "2");
 
@@ -59,11 +64,16 @@ pgrelay_testkit::per_major!(lifecycle, |major| async move {
     let standby = pg.start_standby();
     assert!(c.is_closed() || c.simple_query("SELECT 1").await.is_err());
     let c = pg.connect("postgres").await;
-    c.batch_execute("INSERT INTO t VALUES (3, 'via WAL')").await.unwrap();
+    c.batch_execute("INSERT INTO t VALUES (3, 'via WAL')")
+        .await
+        .unwrap();
     let s = standby.connect("postgres").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while one(&s, "SELECT count(*)::text FROM t").await != "3" {
-        assert!(Instant::now() < deadline, "standby never replayed the insert");
+        assert!(
+            Instant::now() < deadline,
+            "standby never replayed the insert"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(one(&s, "SELECT pg_is_in_recovery()::text").await, "true");
@@ -85,11 +95,15 @@ pgrelay_testkit::per_major!(auth_and_tls, |major| async move {
             "host={host} port={} user=postgres dbname=postgres sslmode=require",
             pg.port()
         );
-        let c = connect_tls(&conninfo, &tls.ca).await.unwrap_or_else(|e| {
-            panic!("TLS connection to {host} failed: {e}")
-        });
+        let c = connect_tls(&conninfo, &tls.ca)
+            .await
+            .unwrap_or_else(|e| panic!("TLS connection to {host} failed: {e}"));
         assert_eq!(
-            one(&c, "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()").await,
+            one(
+                &c,
+                "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+            )
+            .await,
             "true"
         );
     }
@@ -123,12 +137,24 @@ pgrelay_testkit::per_major!(auth_and_tls, |major| async move {
     }
 
     let c = pg.connect("postgres").await;
-    for (role, prefix) in [(SCRAM_ROLE, "SCRAM-SHA-256$"), (MD5_ROLE, "md5"), (REPLICATION_ROLE, "SCRAM-SHA-256$")] {
-        let stored = one(&c, &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'")).await;
-        assert!(stored.starts_with(prefix), "{role} password stored as {stored:.12}");
-        let u = pg.connect_as(role, "postgres").await.unwrap_or_else(|e| {
-            panic!("{role} login failed: {}", describe(&e))
-        });
+    for (role, prefix) in [
+        (SCRAM_ROLE, "SCRAM-SHA-256$"),
+        (MD5_ROLE, "md5"),
+        (REPLICATION_ROLE, "SCRAM-SHA-256$"),
+    ] {
+        let stored = one(
+            &c,
+            &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'"),
+        )
+        .await;
+        assert!(
+            stored.starts_with(prefix),
+            "{role} password stored as {stored:.12}"
+        );
+        let u = pg
+            .connect_as(role, "postgres")
+            .await
+            .unwrap_or_else(|e| panic!("{role} login failed: {}", describe(&e)));
         assert_eq!(one(&u, "SELECT current_user::text").await, role);
     }
     assert_eq!(
@@ -139,7 +165,10 @@ pgrelay_testkit::per_major!(auth_and_tls, |major| async move {
         "host=127.0.0.1 port={} user={SCRAM_ROLE} dbname=postgres password=not-{TEST_PASSWORD}",
         pg.port()
     );
-    let err = connect_plain(&wrong).await.err().expect("wrong password accepted");
+    let err = connect_plain(&wrong)
+        .await
+        .err()
+        .expect("wrong password accepted");
     assert!(
         describe(&err).contains("password authentication failed"),
         "unexpected error: {}",
@@ -152,28 +181,46 @@ pgrelay_testkit::per_major!(proxy_faults, |major| async move {
     let proxy = FaultProxy::start(([127, 0, 0, 1], pg.port()).into());
     let via = |port: u16| format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
 
-    let c = connect_plain(&via(proxy.port())).await.expect("connect through the proxy");
+    let c = connect_plain(&via(proxy.port()))
+        .await
+        .expect("connect through the proxy");
     assert_eq!(one(&c, "SELECT 'through'").await, "through");
     assert_eq!(proxy.open_connections(), 1);
 
     proxy.cut_all();
-    let err = c.simple_query("SELECT 1").await.expect_err("query survived a cut");
+    let err = c
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("query survived a cut");
     assert!(c.is_closed(), "client did not notice the cut: {err}");
 
     proxy.refuse_for(Duration::from_millis(1500));
-    assert!(connect_plain(&via(proxy.port())).await.is_err(), "connection not refused");
+    assert!(
+        connect_plain(&via(proxy.port())).await.is_err(),
+        "connection not refused"
+    );
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    let c = connect_plain(&via(proxy.port())).await.expect("connect after refusal ended");
+    let c = connect_plain(&via(proxy.port()))
+        .await
+        .expect("connect after refusal ended");
 
     proxy.set_latency(Duration::from_millis(200));
     let t = Instant::now();
     one(&c, "SELECT 'slow'").await;
-    assert!(t.elapsed() >= Duration::from_millis(400), "latency not applied: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "latency not applied: {:?}",
+        t.elapsed()
+    );
     proxy.set_latency(Duration::ZERO);
 
     proxy.stall();
-    let stalled = tokio::time::timeout(Duration::from_millis(500), c.simple_query("SELECT 1")).await;
-    assert!(stalled.is_err(), "a query completed through a stalled proxy");
+    let stalled =
+        tokio::time::timeout(Duration::from_millis(500), c.simple_query("SELECT 1")).await;
+    assert!(
+        stalled.is_err(),
+        "a query completed through a stalled proxy"
+    );
     proxy.resume();
     assert_eq!(one(&c, "SELECT 'resumed'").await, "resumed");
 });
@@ -192,7 +239,10 @@ pgrelay_testkit::per_major!(workloads_and_comparison, |major| async move {
         w.create_tables(client).await.unwrap();
         let stats = w.run(client, 200).await.unwrap();
         assert_eq!(stats.transactions, 200);
-        assert!(stats.inserts > 0 && stats.updates > 0 && stats.deletes > 0, "{stats:?}");
+        assert!(
+            stats.inserts > 0 && stats.updates > 0 && stats.deletes > 0,
+            "{stats:?}"
+        );
         client
             .batch_execute("UPDATE wl_0 SET at = '2000-01-01'; UPDATE wl_1 SET at = '2000-01-01'; UPDATE wl_2 SET at = '2000-01-01'")
             .await
@@ -201,13 +251,19 @@ pgrelay_testkit::per_major!(workloads_and_comparison, |major| async move {
     let cmp = compare_databases(&ca, &cb).await.unwrap();
     assert!(cmp.is_equal(), "{cmp}");
     assert_eq!(cmp.tables_compared, 3);
-    let toasted = one(&ca, "SELECT count(*)::text FROM wl_0 WHERE length(payload) > 2000").await;
+    let toasted = one(
+        &ca,
+        "SELECT count(*)::text FROM wl_0 WHERE length(payload) > 2000",
+    )
+    .await;
     assert_ne!(toasted, "0", "the workload wrote no TOASTed value");
 
     // One changed value in one row is found, and only in its table.
-    cb.batch_execute("UPDATE wl_1 SET n = coalesce(n, 0) + 1 WHERE id = (SELECT min(id) FROM wl_1)")
-        .await
-        .unwrap();
+    cb.batch_execute(
+        "UPDATE wl_1 SET n = coalesce(n, 0) + 1 WHERE id = (SELECT min(id) FROM wl_1)",
+    )
+    .await
+    .unwrap();
     let cmp = compare_databases(&ca, &cb).await.unwrap();
     match cmp.differences.as_slice() {
         [TableDifference::Rows { table, left, right }] => {
@@ -220,7 +276,11 @@ pgrelay_testkit::per_major!(workloads_and_comparison, |major| async move {
     // A missing table is reported too.
     cb.batch_execute("DROP TABLE wl_2").await.unwrap();
     let cmp = compare_databases(&ca, &cb).await.unwrap();
-    assert!(cmp.differences.contains(&TableDifference::OnlyLeft("wl_2".into())), "{cmp}");
+    assert!(
+        cmp.differences
+            .contains(&TableDifference::OnlyLeft("wl_2".into())),
+        "{cmp}"
+    );
 
     // pgbench initialises and runs against every major.
     let bench = unique_name("bench");
@@ -228,5 +288,8 @@ pgrelay_testkit::per_major!(workloads_and_comparison, |major| async move {
     pg.pgbench_init(&bench, 1);
     pg.pgbench_run(&bench, 2, 50);
     let c = pg.connect(&bench).await;
-    assert_eq!(one(&c, "SELECT count(*)::text FROM pgbench_history").await, "100");
+    assert_eq!(
+        one(&c, "SELECT count(*)::text FROM pgbench_history").await,
+        "100"
+    );
 });

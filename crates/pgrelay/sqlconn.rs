@@ -6,9 +6,11 @@
 //! sslrootcert, client certificates), so a URL that works for replication
 //! works here too; tokio-postgres carries the extended query protocol that
 //! the walsender does not offer. Conversion asks the server itself: a value
-//! bound in binary as a parameter of its own type and cast to text goes
-//! through the type's receive and output functions, so every type,
-//! including enums, domains and composites, prints exactly as `col::text`.
+//! bound in binary as a parameter of its own type and formatted with
+//! `format('%s', $1)` goes through the type's receive and output functions,
+//! so every type, including enums, domains and composites, prints exactly
+//! as pgoutput's text mode would send it (the output function, which is
+//! not always what a `::text` cast gives: bool prints `t`).
 //! PostgreSQL docs: "Extended Query" (protocol-flow), "Type Conversion".
 
 use std::collections::HashMap;
@@ -28,7 +30,9 @@ pub async fn connect(config: &Config) -> anyhow::Result<Client> {
         .first()
         .ok_or_else(|| anyhow::anyhow!("the connection string names no host"))?;
     let mut pg = tokio_postgres::Config::new();
-    pg.user(&config.user).dbname(&config.dbname).port(target.port);
+    pg.user(&config.user)
+        .dbname(&config.dbname)
+        .port(target.port);
     pg.application_name(config.application_name.as_deref().unwrap_or("pgrelay"));
     if let Some(p) = &config.password {
         pg.password(p.expose());
@@ -58,7 +62,9 @@ pub async fn connect(config: &Config) -> anyhow::Result<Client> {
         });
         let tls = pgrelay_source::rustls_client_config(config, target)?;
         let (client, conn) = pg
-            .connect(tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone()))
+            .connect(tokio_postgres_rustls::MakeRustlsConnect::new(
+                (*tls).clone(),
+            ))
             .await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -83,7 +89,11 @@ pub async fn connect(config: &Config) -> anyhow::Result<Client> {
 struct Raw<'a>(&'a [u8]);
 
 impl ToSql for Raw<'_> {
-    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
         out.extend_from_slice(self.0);
         Ok(IsNull::No)
     }
@@ -122,7 +132,10 @@ impl TextConverter {
                         String::new(),
                     )
                 });
-                let s = self.client.prepare_typed("SELECT $1::text", &[ty]).await?;
+                let s = self
+                    .client
+                    .prepare_typed("SELECT format('%s', $1)", &[ty])
+                    .await?;
                 self.statements.insert(type_oid, s.clone());
                 s
             }

@@ -29,8 +29,8 @@ use pgrelay_pgoutput::{
     Decoder, DecoderConfig, ProtocolVersion, Reassembled, Reassembler, Streaming as WireStreaming,
 };
 use pgrelay_source::{
-    max_proto_version, Config, CreateSlotOptions, FeedbackSettings, LogicalStream,
-    PgOutputOptions, ReplicationClient, SnapshotAction, SourceError, Streaming,
+    max_proto_version, Config, CreateSlotOptions, FeedbackSettings, LogicalStream, PgOutputOptions,
+    ReplicationClient, SnapshotAction, SourceError, Streaming,
 };
 use pgrelay_spill::SpillDir;
 use pgrelay_types::{Change, Lsn, OldTuple, RelationInfo, TransactionInfo, Tuple, Value};
@@ -43,7 +43,12 @@ pub struct TailArgs {
     #[arg(long, value_name = "URL")]
     source: String,
     /// Publication to stream.
-    #[arg(long, value_name = "NAME", conflicts_with = "table", required_unless_present = "table")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with = "table",
+        required_unless_present = "table"
+    )]
     publication: Option<String>,
     /// Table to stream (repeatable); a temporary publication is created for
     /// them and dropped at exit.
@@ -109,16 +114,15 @@ fn unique_suffix() -> String {
 }
 
 pub async fn run(args: TailArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let config = Config::parse(&args.source)
-        .map_err(|e| UsageError(format!("--source: {e}")))?;
+    let config = Config::parse(&args.source).map_err(|e| UsageError(format!("--source: {e}")))?;
     let tables = args
         .table
         .iter()
         .map(|t| qualified_table(t))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut client = ReplicationClient::connect(&config).await.map_err(|e| {
-        UsageError(format!("cannot connect to {}: {e}", config.redacted()))
-    })?;
+    let mut client = ReplicationClient::connect(&config)
+        .await
+        .map_err(|e| UsageError(format!("cannot connect to {}: {e}", config.redacted())))?;
     let major = client.server_major();
 
     let (publication, own_publication) = match &args.publication {
@@ -143,8 +147,11 @@ pub async fn run(args: TailArgs, shutdown: impl Future<Output = ()>) -> Result<(
         // A new connection: the stream's may be gone after an error.
         let cleanup = async {
             let mut c = ReplicationClient::connect(&config).await?;
-            c.simple_query(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&publication)))
-                .await?;
+            c.simple_query(&format!(
+                "DROP PUBLICATION IF EXISTS {}",
+                quote_ident(&publication)
+            ))
+            .await?;
             c.close().await
         };
         if let Err(e) = cleanup.await {
@@ -203,7 +210,11 @@ async fn stream(
     options.proto_version = Some(proto);
     options.binary = args.binary;
     options.messages = true;
-    options.streaming = if proto >= 2 { Streaming::On } else { Streaming::Off };
+    options.streaming = if proto >= 2 {
+        Streaming::On
+    } else {
+        Streaming::Off
+    };
     options.two_phase = two_phase;
 
     let converter = if args.binary {
@@ -218,7 +229,11 @@ async fn stream(
     let decoder_config = DecoderConfig {
         proto_version: ProtocolVersion::try_from(proto)
             .map_err(|_| anyhow!("protocol version {proto} is not known to the decoder"))?,
-        streaming: if proto >= 2 { WireStreaming::On } else { WireStreaming::Off },
+        streaming: if proto >= 2 {
+            WireStreaming::On
+        } else {
+            WireStreaming::Off
+        },
     };
     let spill_parent = args.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
     let spill = SpillDir::open(&spill_parent, None)?;
@@ -251,7 +266,11 @@ async fn stream(
                 }
                 continue;
             }
-            Ok(None) => break Err(anyhow!("the server ended the replication stream; run tail again to resume")),
+            Ok(None) => {
+                break Err(anyhow!(
+                    "the server ended the replication stream; run tail again to resume"
+                ))
+            }
             Err(e) => break Err(e.into()),
         };
         let msg = decoder
@@ -262,7 +281,7 @@ async fn stream(
         };
         match out {
             Reassembled::Message(m) => {
-                printer.message(&m)?;
+                printer.message(&m, None)?;
                 printer.flush()?;
             }
             Reassembled::Transaction(txn) => {
@@ -398,12 +417,24 @@ impl<W: Write> Printer<W> {
         self.end_line()
     }
 
-    fn message(&mut self, m: &pgrelay_types::LogicalMessage) -> std::io::Result<()> {
-        self.line.clear();
+    /// A logical message; inside a transaction (transactional ones) it
+    /// carries the transaction's fields like any change.
+    fn message(
+        &mut self,
+        m: &pgrelay_types::LogicalMessage,
+        txn: Option<&TransactionInfo>,
+    ) -> std::io::Result<()> {
+        match txn {
+            Some(info) => self.header("message", m.lsn, info),
+            None => {
+                self.line.clear();
+                let _ = write!(self.line, "{{\"op\":\"message\",\"lsn\":\"{}\"", m.lsn);
+            }
+        }
         let _ = write!(
             self.line,
-            "{{\"op\":\"message\",\"lsn\":\"{}\",\"transactional\":{},\"prefix\":",
-            m.lsn, m.transactional
+            ",\"transactional\":{},\"prefix\":",
+            m.transactional
         );
         push_json_str(&mut self.line, &m.prefix);
         self.line.push_str(",\"content\":");
@@ -450,7 +481,7 @@ impl<W: Write> Printer<W> {
                 );
             }
             Change::Message(m) => {
-                self.message(m)?;
+                self.message(m, Some(info))?;
                 return Ok(());
             }
         }

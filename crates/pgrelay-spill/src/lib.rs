@@ -181,10 +181,7 @@ impl SpillDir {
             path: open.path.clone(),
             source,
         };
-        let mut file = open
-            .writer
-            .into_inner()
-            .map_err(|e| io(e.into_error()))?;
+        let mut file = open.writer.into_inner().map_err(|e| io(e.into_error()))?;
         file.flush().map_err(io)?;
         let reader = File::open(&open.path).map_err(io)?;
         std::fs::remove_file(&open.path).map_err(io)?;
@@ -245,11 +242,7 @@ impl SpillReader {
             return Ok(None);
         }
         let id = self.id;
-        let corrupt = move |offset, reason| SpillError::Corrupt {
-            id,
-            offset,
-            reason,
-        };
+        let corrupt = move |offset, reason| SpillError::Corrupt { id, offset, reason };
         if self.len - self.offset < 4 {
             return Err(corrupt(self.offset, "truncated length prefix"));
         }
@@ -261,7 +254,10 @@ impl SpillReader {
             .filter(|&l| l <= MAX_RECORD)
             .ok_or(corrupt(self.offset, "record length over 1 GiB"))?;
         if self.len - self.offset - 4 < len as u64 {
-            return Err(corrupt(self.offset, "record runs past the end of the spill"));
+            return Err(corrupt(
+                self.offset,
+                "record runs past the end of the spill",
+            ));
         }
         let mut buf = vec![0u8; len];
         self.read(&mut buf)?;
@@ -370,7 +366,11 @@ mod tests {
         assert!(matches!(s.take(7), Err(SpillError::Unknown { id: 7 })));
         s.discard(8).unwrap();
         assert_eq!(s.used_bytes(), 0);
-        assert_eq!(std::fs::read_dir(s.path()).unwrap().count(), 0, "files left behind");
+        assert_eq!(
+            std::fs::read_dir(s.path()).unwrap().count(),
+            0,
+            "files left behind"
+        );
     }
 
     #[test]
@@ -379,7 +379,13 @@ mod tests {
         let mut s = SpillDir::open(parent.path(), Some(20)).unwrap();
         s.append(1, &[0; 10]).unwrap();
         let e = s.append(1, &[0; 10]).unwrap_err();
-        assert!(matches!(e, SpillError::BudgetExceeded { budget: 20, used: 14 }));
+        assert!(matches!(
+            e,
+            SpillError::BudgetExceeded {
+                budget: 20,
+                used: 14
+            }
+        ));
         assert!(e.is_transient());
         s.discard(1).unwrap();
         s.append(2, &[0; 10]).unwrap();

@@ -138,11 +138,7 @@ pub fn free_port() -> u16 {
             .and_then(|l| l.local_addr())
             .expect("bind an ephemeral port on 127.0.0.1")
             .port();
-        if given
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(port)
-        {
+        if given.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
             return port;
         }
     }
@@ -403,9 +399,13 @@ impl Cluster {
     /// A superuser client on `db`; the connection task runs on the caller's
     /// runtime.
     pub async fn connect(&self, db: &str) -> Client {
-        self.connect_as(SUPERUSER, db)
-            .await
-            .unwrap_or_else(|e| panic!("connect to PostgreSQL {} on port {}: {e}", self.major(), self.port))
+        self.connect_as(SUPERUSER, db).await.unwrap_or_else(|e| {
+            panic!(
+                "connect to PostgreSQL {} on port {}: {e}",
+                self.major(),
+                self.port
+            )
+        })
     }
 
     pub async fn connect_as(&self, role: &str, db: &str) -> Result<Client, tokio_postgres::Error> {
@@ -486,14 +486,20 @@ impl Cluster {
 
     fn try_start(&mut self) -> Result<(), String> {
         let mut c = self.pg_ctl();
-        c.arg("-l").arg(&self.log).args(["-w", "-t", "120", "start"]);
+        c.arg("-l")
+            .arg(&self.log)
+            .args(["-w", "-t", "120", "start"]);
         run(c, &format!("pg_ctl start (PostgreSQL {})", self.major()))?;
         self.running = true;
         Ok(())
     }
 
     fn fail(&self, msg: &str) -> ! {
-        panic!("{msg}\n--- server log ({}) ---\n{}", self.log.display(), tail(&self.log(), 80))
+        panic!(
+            "{msg}\n--- server log ({}) ---\n{}",
+            self.log.display(),
+            tail(&self.log(), 80)
+        )
     }
 
     /// Starts a stopped or crashed server (crash recovery runs here).
@@ -530,8 +536,11 @@ impl Cluster {
     /// Replaces the extra lines at the top of pg_hba.conf and reloads.
     pub fn set_hba(&self, extra: &[&str]) {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        std::fs::write(self.data.join("pg_hba.conf"), hba_conf(&extra, self.tls.is_some()))
-            .expect("write pg_hba.conf");
+        std::fs::write(
+            self.data.join("pg_hba.conf"),
+            hba_conf(&extra, self.tls.is_some()),
+        )
+        .expect("write pg_hba.conf");
         self.reload();
     }
 
@@ -562,7 +571,10 @@ impl Cluster {
             }
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::iter::once(pid).chain(children.iter().copied()).any(alive) {
+        while std::iter::once(pid)
+            .chain(children.iter().copied())
+            .any(alive)
+        {
             if Instant::now() > deadline {
                 self.fail("crash(): server processes still alive 30 s after SIGKILL");
             }
@@ -602,7 +614,11 @@ impl Cluster {
             "postgres",
             &format!("SELECT pg_create_physical_replication_slot('{slot}', true)"),
         );
-        let base = self.root.parent().map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        let base = self
+            .root
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(std::env::temp_dir);
         let dir = tempfile::Builder::new()
             .prefix(&format!("pgrelay-pg{}-standby-", self.major()))
             .tempdir_in(base)

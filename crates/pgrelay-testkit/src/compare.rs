@@ -58,7 +58,12 @@ impl fmt::Display for Comparison {
         if self.is_equal() {
             return write!(f, "{} tables equal", self.tables_compared);
         }
-        writeln!(f, "{} of {} tables differ:", self.differences.len(), self.tables_compared)?;
+        writeln!(
+            f,
+            "{} of {} tables differ:",
+            self.differences.len(),
+            self.tables_compared
+        )?;
         for d in &self.differences {
             match d {
                 TableDifference::OnlyLeft(t) => writeln!(f, "  {t}: only on the left")?,
@@ -127,8 +132,12 @@ pub async fn compare_databases(
                 left: a.clone(),
                 right: b.clone(),
             }),
-            (Some(_), None) => cmp.differences.push(TableDifference::OnlyLeft(name.clone())),
-            (None, Some(_)) => cmp.differences.push(TableDifference::OnlyRight(name.clone())),
+            (Some(_), None) => cmp
+                .differences
+                .push(TableDifference::OnlyLeft(name.clone())),
+            (None, Some(_)) => cmp
+                .differences
+                .push(TableDifference::OnlyRight(name.clone())),
             (None, None) => {}
         }
     }

@@ -105,7 +105,5 @@ pub fn client_tool(name: &str) -> Result<PathBuf, String> {
         .filter_map(|&m| PgInstall::find(m).ok())
         .map(|i| i.tool(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| {
-            format!("no installed PostgreSQL major ships `{name}`; {INSTALL_HINT}")
-        })
+        .ok_or_else(|| format!("no installed PostgreSQL major ships `{name}`; {INSTALL_HINT}"))
 }

@@ -104,8 +104,11 @@ impl FaultProxy {
 
     /// New connections are reset as soon as they arrive, for `d`.
     pub fn refuse_for(&self, d: Duration) {
-        *self.state.refuse_until.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Instant::now() + d);
+        *self
+            .state
+            .refuse_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + d);
     }
 
     /// Every forwarded chunk waits `d` first (zero turns latency off).

@@ -104,8 +104,8 @@ impl Default for TestCa {
 
 /// Private keys must be 0600: libpq and the server both refuse looser ones.
 fn write_private(path: &Path, pem: &str) {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

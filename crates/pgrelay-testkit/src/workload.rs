@@ -19,8 +19,15 @@ impl Cluster {
     fn pgbench(&self, db: &str) -> Command {
         let bin = client_tool("pgbench").unwrap_or_else(|e| panic!("{e}"));
         let mut c = Command::new(bin);
-        c.args(["-h", "127.0.0.1", "-p", &self.port().to_string(), "-U", SUPERUSER])
-            .arg(db);
+        c.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port().to_string(),
+            "-U",
+            SUPERUSER,
+        ])
+        .arg(db);
         c
     }
 
