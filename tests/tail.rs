@@ -60,6 +60,15 @@ async fn current_lsn(c: &tokio_postgres::Client) -> String {
         .unwrap()
 }
 
+/// Polls `q` until its single value is `want`, for up to 30 s.
+async fn wait_for(c: &tokio_postgres::Client, q: &str, want: &str, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sql(c, q).await[0][0].as_deref() != Some(want) {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn ops<'a>(events: &'a [Json], op: &str, table: &str) -> Vec<&'a Json> {
     events
         .iter()
@@ -537,22 +546,13 @@ async fn sigterm_exits_cleanly_and_removes_what_it_created() {
         .spawn()
         .expect("start tail");
     // Streaming once the temporary slot is active.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let active = sql(
-            &c,
-            "SELECT count(*) FROM pg_replication_slots WHERE active AND temporary",
-        )
-        .await;
-        if active[0][0].as_deref() == Some("1") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "tail never started streaming"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        &c,
+        "SELECT count(*) FROM pg_replication_slots WHERE active AND temporary",
+        "1",
+        "tail never started streaming",
+    )
+    .await;
     sql(&c, "INSERT INTO watched VALUES (1)").await;
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
@@ -569,22 +569,13 @@ async fn sigterm_exits_cleanly_and_removes_what_it_created() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
     // The temporary slot goes when its walsender exits, a moment later.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = sql(
-            &c,
-            "SELECT (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_replication_slots)",
-        )
-        .await;
-        if left[0][0].as_deref() == Some("0") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "publication or slot left behind"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        &c,
+        "SELECT (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_replication_slots)",
+        "0",
+        "publication or slot left behind",
+    )
+    .await;
 }
 
 #[tokio::test]
