@@ -137,6 +137,16 @@ pgrelay_testkit::per_major!(message_kinds, |major| async move {
         "COMMIT PREPARED 'g1'",
         "BEGIN; INSERT INTO parent VALUES (11, 'prepared, rolled back'); PREPARE TRANSACTION 'g2'",
         "ROLLBACK PREPARED 'g2'",
+        // Large and prepared: Stream Prepare on 15+.
+        "BEGIN; INSERT INTO big SELECT g, repeat('y', 200) FROM generate_series(200001, 202000) g;
+         PREPARE TRANSACTION 'g3'",
+        "COMMIT PREPARED 'g3'",
+        // Replayed from another node: an Origin message.
+        "SELECT pg_replication_origin_create('elsewhere')",
+        // Separate statements: the origin must still be set at commit.
+        "SELECT pg_replication_origin_session_setup('elsewhere')",
+        "INSERT INTO parent VALUES (30, 'from elsewhere')",
+        "SELECT pg_replication_origin_session_reset()",
         "TRUNCATE parent CASCADE",
         "ALTER TABLE parent ADD COLUMN extra int DEFAULT 5",
         "INSERT INTO parent VALUES (20, 'with extra', 7)",
@@ -163,9 +173,17 @@ pgrelay_testkit::per_major!(message_kinds, |major| async move {
         .iter()
         .map(|e| e["new"]["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["1", "2", "4", "10", "20"], "parent inserts");
+    assert_eq!(ids, ["1", "2", "4", "10", "30", "20"], "parent inserts");
     assert_eq!(inserts[0]["schema"], "public");
-    assert_eq!(inserts[4]["new"]["extra"], "7", "column added mid-stream");
+    assert_eq!(inserts[5]["new"]["extra"], "7", "column added mid-stream");
+    let replayed = ev
+        .iter()
+        .find(|e| e["op"] == "begin" && e["xid"] == inserts[4]["xid"])
+        .unwrap();
+    assert_eq!(
+        replayed["origin"], "elsewhere",
+        "origin of a replayed transaction"
+    );
     let updates = ops(ev, "update", "parent");
     assert_eq!(updates[0]["new"]["v"], "a2");
     assert!(
@@ -180,12 +198,25 @@ pgrelay_testkit::per_major!(message_kinds, |major| async move {
     let deletes = ops(ev, "delete", "child");
     assert_eq!(deletes[0]["key"], serde_json::json!({"id": "1"}));
 
-    let big = ops(ev, "insert", "big");
+    let all_big = ops(ev, "insert", "big");
+    let (big, big_prepared): (Vec<&Json>, Vec<&Json>) = all_big
+        .into_iter()
+        .partition(|e| e["new"]["id"].as_str().unwrap().len() < 6);
     assert_eq!(
         big.len(),
         2001,
         "streamed transaction minus the rolled-back savepoint"
     );
+    assert_eq!(big_prepared.len(), 2000, "large prepared transaction");
+    let prepared_begin = ev
+        .iter()
+        .find(|e| e["op"] == "begin" && e["xid"] == big_prepared[0]["xid"])
+        .unwrap();
+    if major >= 15 {
+        assert_eq!(prepared_begin["kind"], "prepared");
+        assert_eq!(prepared_begin["gid"], "g3");
+        assert_eq!(prepared_begin["streamed"], true, "no Stream Prepare");
+    }
     assert!(big.iter().all(|e| e["new"]["pad"] != "rolled back"));
     let xid = &big[0]["xid"];
     let begin = ev

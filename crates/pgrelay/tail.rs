@@ -408,6 +408,8 @@ impl<W: Write> Printer<W> {
         if let pgrelay_types::TransactionKind::TwoPhase(p) = &info.kind {
             self.line.push_str(",\"gid\":");
             push_json_str(&mut self.line, &p.gid);
+            // Whether the server streamed it before PREPARE (Stream Prepare).
+            let _ = write!(self.line, ",\"streamed\":{}", p.streamed);
         }
         self.end_line()
     }
