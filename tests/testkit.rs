@@ -165,10 +165,9 @@ pgrelay_testkit::per_major!(auth_and_tls, |major| async move {
         "host=127.0.0.1 port={} user={SCRAM_ROLE} dbname=postgres password=not-{TEST_PASSWORD}",
         pg.port()
     );
-    let err = connect_plain(&wrong)
-        .await
-        .err()
-        .expect("wrong password accepted");
+    let Err(err) = connect_plain(&wrong).await else {
+        panic!("wrong password accepted");
+    };
     assert!(
         describe(&err).contains("password authentication failed"),
         "unexpected error: {}",

@@ -120,7 +120,7 @@ impl TextConverter {
         }
     }
 
-    pub async fn to_text(&mut self, type_oid: Oid, value: &Bytes) -> anyhow::Result<Bytes> {
+    pub async fn render(&mut self, type_oid: Oid, value: &Bytes) -> anyhow::Result<Bytes> {
         let stmt = match self.statements.get(&type_oid) {
             Some(s) => s.clone(),
             None => {

@@ -509,7 +509,7 @@ impl<W: Write> Printer<W> {
                         .converter
                         .as_mut()
                         .ok_or_else(|| anyhow!("binary value received without --binary"))?;
-                    Cell::Text(conv.to_text(column.type_oid, b).await?)
+                    Cell::Text(conv.render(column.type_oid, b).await?)
                 }
             });
         }
