@@ -29,10 +29,6 @@ async fn lsn(client: &tokio_postgres::Client, sql: &str) -> Lsn {
 }
 
 async fn idle_source(major: u32) {
-    if !pgrelay_testkit::selected(major) {
-        eprintln!("PostgreSQL {major} not in PGRELAY_PG_VERSIONS; not run");
-        return;
-    }
     let pg = Cluster::builder(major)
         .setting("wal_sender_timeout", "'2s'")
         .start();
@@ -145,12 +141,7 @@ async fn idle_source(major: u32) {
     stream.shutdown().await.expect("shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_source_pg14() {
-    idle_source(14).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_source_pg17() {
-    idle_source(17).await;
-}
+// Every major: the tests mostly sleep, so they share the two cores well.
+pgrelay_testkit::per_major!(idle_source_keeps_slot_moving, |major| async move {
+    idle_source(major).await;
+});
