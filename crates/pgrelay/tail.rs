@@ -30,7 +30,7 @@ use pgrelay_pgoutput::{
 };
 use pgrelay_source::{
     max_proto_version, Config, CreateSlotOptions, FeedbackSettings, LogicalStream, PgOutputOptions,
-    ReplicationClient, SnapshotAction, SourceError, Streaming,
+    ReplicationClient, SnapshotAction, Streaming,
 };
 use pgrelay_spill::SpillDir;
 use pgrelay_types::{Change, Lsn, OldTuple, RelationInfo, TransactionInfo, Tuple, Value};
@@ -240,6 +240,8 @@ async fn stream(
     let mut printer = Printer {
         out: std::io::BufWriter::with_capacity(256 * 1024, std::io::stdout().lock()),
         line: String::with_capacity(1024),
+        txn_key: None,
+        txn_fields: String::new(),
         converter,
     };
 
@@ -252,20 +254,26 @@ async fn stream(
     let mut decoder = Decoder::new(decoder_config);
     let mut reassembler = Reassembler::new(spill, args.memory_budget);
     tokio::pin!(shutdown);
+    // Checks `--until` against the server's position while the stream is
+    // idle (no transaction arrives to compare with).
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome: Result<()> = loop {
+        // One interval for the whole run: a timer per message would cost
+        // more than decoding it.
         let data = tokio::select! {
             biased;
             _ = &mut shutdown => break Ok(()),
-            r = next_with_tick(&mut stream) => r,
-        };
-        let data = match data {
-            Ok(Some(Some(d))) => d,
-            Ok(Some(None)) => {
+            r = stream.next() => r,
+            _ = tick.tick() => {
                 if idle_past(&stream, &reassembler, args.until) {
                     break Ok(());
                 }
                 continue;
             }
+        };
+        let data = match data {
+            Ok(Some(d)) => d,
             Ok(None) => {
                 break Err(anyhow!(
                     "the server ended the replication stream; run tail again to resume"
@@ -317,20 +325,6 @@ async fn stream(
     }
 }
 
-/// Waits for the next XLogData up to a second; `Some(None)` on a tick, so
-/// the caller can check `--until` against the server's position while the
-/// stream is idle.
-async fn next_with_tick(
-    stream: &mut LogicalStream,
-) -> Result<Option<Option<pgrelay_source::XLogData>>, SourceError> {
-    match tokio::time::timeout(std::time::Duration::from_secs(1), stream.next()).await {
-        Ok(Ok(Some(d))) => Ok(Some(Some(d))),
-        Ok(Ok(None)) => Ok(None),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Ok(Some(None)),
-    }
-}
-
 /// Whether `--until` is reached on an idle stream: the server has sent
 /// everything up to it and no transaction is half received.
 fn idle_past<S: pgrelay_pgoutput::SpillStore>(
@@ -346,6 +340,8 @@ fn idle_past<S: pgrelay_pgoutput::SpillStore>(
 struct Printer<W: Write> {
     out: W,
     line: String,
+    txn_key: Option<(pgrelay_types::Xid, Lsn)>,
+    txn_fields: String,
     converter: Option<sqlconn::TextConverter>,
 }
 
@@ -376,16 +372,25 @@ fn push_json_bytes(line: &mut String, b: &[u8]) {
 
 impl<W: Write> Printer<W> {
     fn header(&mut self, op: &str, lsn: Lsn, info: &TransactionInfo) {
-        self.line.clear();
-        let _ = write!(
-            self.line,
-            "{{\"op\":\"{op}\",\"lsn\":\"{lsn}\",\"xid\":{},\"commit_lsn\":\"{}\",\"commit_ts\":",
-            info.xid.0, info.commit_lsn
-        );
-        match info.commit_ts.to_rfc3339() {
-            Some(ts) => push_json_str(&mut self.line, &ts),
-            None => self.line.push_str("null"),
+        // The transaction's fields are the same on every line of it: format
+        // them (the timestamp above all) once per transaction.
+        let key = (info.xid, info.commit_lsn);
+        if self.txn_key != Some(key) {
+            self.txn_key = Some(key);
+            self.txn_fields.clear();
+            let _ = write!(
+                self.txn_fields,
+                ",\"xid\":{},\"commit_lsn\":\"{}\",\"commit_ts\":",
+                info.xid.0, info.commit_lsn
+            );
+            match info.commit_ts.to_rfc3339() {
+                Some(ts) => push_json_str(&mut self.txn_fields, &ts),
+                None => self.txn_fields.push_str("null"),
+            }
         }
+        self.line.clear();
+        let _ = write!(self.line, "{{\"op\":\"{op}\",\"lsn\":\"{lsn}\"");
+        self.line.push_str(&self.txn_fields);
     }
 
     fn end_line(&mut self) -> std::io::Result<()> {
