@@ -256,7 +256,7 @@ async fn stream(
     tokio::pin!(shutdown);
     // Checks `--until` against the server's position while the stream is
     // idle (no transaction arrives to compare with).
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome: Result<()> = loop {
         // One interval for the whole run: a timer per message would cost
