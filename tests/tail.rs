@@ -48,6 +48,30 @@ async fn tail(args: &[&str]) -> TailRun {
     }
 }
 
+/// `tail` of `publication` on `slot` up to `until`, which must succeed.
+async fn tail_slot(
+    url: &str,
+    publication: &str,
+    slot: &str,
+    until: &str,
+    extra: &[&str],
+) -> Vec<Json> {
+    let mut args = vec![
+        "--source",
+        url,
+        "--publication",
+        publication,
+        "--slot",
+        slot,
+        "--until",
+        until,
+    ];
+    args.extend_from_slice(extra);
+    let run = tail(&args).await;
+    assert!(run.status.success(), "tail {args:?} failed: {}", run.stderr);
+    run.events
+}
+
 async fn sql(c: &tokio_postgres::Client, q: &str) -> Vec<Vec<Option<String>>> {
     simple_rows(c, q)
         .await
@@ -154,19 +178,15 @@ pgrelay_testkit::per_major!(message_kinds, |major| async move {
         sql(&c, q).await;
     }
     let until = current_lsn(&c).await;
-    let run = tail(&[
-        "--source",
+    let events = tail_slot(
         &pg.superuser_url("postgres"),
-        "--publication",
         &publication,
-        "--slot",
         &slot,
-        "--until",
         &until,
-    ])
+        &[],
+    )
     .await;
-    assert!(run.status.success(), "tail failed: {}", run.stderr);
-    let ev = &run.events;
+    let ev = &events;
 
     let inserts: Vec<_> = ops(ev, "insert", "parent");
     let ids: Vec<&str> = inserts
@@ -409,24 +429,11 @@ async fn check_types(major: u32, binary: bool) {
     sql(&c, TYPES_ROWS).await;
     let until = current_lsn(&c).await;
     let url = pg.superuser_url("postgres");
-    let mut args = vec![
-        "--source",
-        &url,
-        "--publication",
-        &publication,
-        "--slot",
-        &slot,
-        "--until",
-        &until,
-    ];
-    if binary {
-        args.push("--binary");
-    }
-    let run = tail(&args).await;
-    assert!(run.status.success(), "tail failed: {}", run.stderr);
+    let extra: &[&str] = if binary { &["--binary"] } else { &[] };
+    let events = tail_slot(&url, &publication, &slot, &until, extra).await;
     let expected = source_text(&c).await;
 
-    let inserts = ops(&run.events, "insert", "all_types");
+    let inserts = ops(&events, "insert", "all_types");
     assert_eq!(inserts.len(), 3);
     for ins in inserts {
         let new = ins["new"].as_object().unwrap();
@@ -448,7 +455,7 @@ async fn check_types(major: u32, binary: bool) {
     }
     // The UPDATE left the TOASTed column alone: reported as unchanged,
     // not as null, and left out of "new".
-    let update = &ops(&run.events, "update", "all_types")[0];
+    let update = &ops(&events, "update", "all_types")[0];
     assert_eq!(update["unchanged_toast"], serde_json::json!(["c_big"]));
     assert!(update["new"].get("c_big").is_none());
     assert_eq!(update["new"]["c_int4"], "7");
@@ -537,19 +544,8 @@ pgrelay_testkit::per_major!(resume_after_crash, |major| async move {
         sql(&c, &format!("INSERT INTO t VALUES ({i})")).await;
     }
     let until = current_lsn(&c).await;
-    let run = tail(&[
-        "--source",
-        &url,
-        "--publication",
-        &publication,
-        "--slot",
-        &slot,
-        "--until",
-        &until,
-    ])
-    .await;
-    assert!(run.status.success(), "{}", run.stderr);
-    for e in ops(&run.events, "insert", "t") {
+    let events = tail_slot(&url, &publication, &slot, &until, &[]).await;
+    for e in ops(&events, "insert", "t") {
         seen.push(e["new"]["id"].as_str().unwrap().parse().unwrap());
     }
     seen.sort_unstable();

@@ -50,7 +50,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use pgrelay_types::{Lsn, PgTimestamp};
-use pgrelay_wire::{copy_data, copy_done, ReplicationMessage, StandbyStatusUpdate, XLogData};
+use pgrelay_wire::{
+    copy_data, copy_done, Frame, ReplicationMessage, StandbyStatusUpdate, XLogData,
+};
 use postgres_protocol::message::frontend;
 use tokio::time::Instant;
 
@@ -263,27 +265,7 @@ impl LogicalStream {
                         self.state = State::Ended;
                         return Ok(None);
                     }
-                    b'E' => {
-                        let target = self.client.conn_mut().target().to_owned();
-                        return Err(SourceError::from_response(parse_error(
-                            &target,
-                            &frame.body,
-                        )?));
-                    }
-                    b'N' => log_notice(self.client.conn_mut().target(), &frame.body),
-                    b'S' => {
-                        let (k, v) = parse_parameter(self.client.conn_mut().target(), &frame.body)?;
-                        self.client.set_parameter(k, v);
-                    }
-                    other => {
-                        return Err(SourceError::protocol(
-                            self.client.conn_mut().target(),
-                            format!(
-                                "unexpected message {:?} during replication",
-                                char::from(other)
-                            ),
-                        ))
-                    }
+                    _ => self.other_frame(&frame, "during replication")?,
                 }
             }
             let now = Instant::now();
@@ -392,28 +374,34 @@ impl LogicalStream {
                     self.client.mark_ready();
                     return Ok(self.client);
                 }
-                b'E' => {
-                    let target = self.client.conn_mut().target().to_owned();
-                    return Err(SourceError::from_response(parse_error(
-                        &target,
-                        &frame.body,
-                    )?));
-                }
-                b'N' => log_notice(self.client.conn_mut().target(), &frame.body),
-                b'S' => {
-                    let (k, v) = parse_parameter(self.client.conn_mut().target(), &frame.body)?;
-                    self.client.set_parameter(k, v);
-                }
-                other => {
-                    return Err(SourceError::protocol(
-                        self.client.conn_mut().target(),
-                        format!(
-                            "unexpected message {:?} while stopping replication",
-                            char::from(other)
-                        ),
-                    ))
-                }
+                _ => self.other_frame(&frame, "while stopping replication")?,
             }
+        }
+    }
+
+    /// Frames that may arrive at any point of the COPY exchange: an error
+    /// ends it, notices are logged, parameter changes recorded; anything
+    /// else is a protocol violation (`during` says where we were).
+    fn other_frame(&mut self, frame: &Frame, during: &str) -> Result<(), SourceError> {
+        let target = self.client.conn_mut().target().to_owned();
+        match frame.tag {
+            b'E' => Err(SourceError::from_response(parse_error(
+                &target,
+                &frame.body,
+            )?)),
+            b'N' => {
+                log_notice(&target, &frame.body);
+                Ok(())
+            }
+            b'S' => {
+                let (k, v) = parse_parameter(&target, &frame.body)?;
+                self.client.set_parameter(k, v);
+                Ok(())
+            }
+            other => Err(SourceError::protocol(
+                &target,
+                format!("unexpected message {:?} {during}", char::from(other)),
+            )),
         }
     }
 

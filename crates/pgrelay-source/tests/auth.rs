@@ -8,6 +8,8 @@
 //! SCRAM-SHA-256-PLUS with channel_binding=require (and its refusal for md5
 //! and plain TCP), wrong and missing passwords, and the password file.
 
+mod common;
+
 use std::path::Path;
 
 use pgrelay_source::{Config, ReplicationClient, SourceError};
@@ -15,13 +17,8 @@ use pgrelay_testkit::{
     Cluster, TestCa, CERT_ROLE, MD5_ROLE, REPLICATION_ROLE, SCRAM_ROLE, SUPERUSER, TEST_PASSWORD,
 };
 
-/// Parses with an empty environment whose HOME is `home`, so nothing of
-/// the machine running the tests (PG* variables, ~/.pgpass,
-/// ~/.postgresql/root.crt) leaks in.
 fn config(conninfo: &str, home: &Path) -> Config {
-    let home = home.display().to_string();
-    Config::parse_with_env(conninfo, |k| (k == "HOME").then(|| home.clone()))
-        .unwrap_or_else(|e| panic!("{conninfo}: {e}"))
+    common::isolated_config(conninfo, home)
 }
 
 async fn connect(conninfo: &str, home: &Path) -> Result<ReplicationClient, SourceError> {
@@ -29,14 +26,8 @@ async fn connect(conninfo: &str, home: &Path) -> Result<ReplicationClient, Sourc
 }
 
 async fn scalar(client: &mut ReplicationClient, sql: &str) -> String {
-    let results = client
-        .simple_query(sql)
+    common::repl_value(client, sql)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    results
-        .into_iter()
-        .find_map(|r| r.rows.into_iter().next())
-        .and_then(|row| row.into_iter().next().flatten())
         .unwrap_or_else(|| panic!("{sql}: no value"))
 }
 

@@ -5,6 +5,8 @@
 //! transient), and after reconnecting the unconfirmed transaction is sent
 //! again (at-least-once).
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,11 +17,10 @@ use pgrelay_source::{
 use pgrelay_testkit::{unique_name, Cluster, FaultProxy, SUPERUSER};
 
 fn config(port: u16, home: &Path) -> Config {
-    let home = home.display().to_string();
     let conninfo = format!(
         "host=127.0.0.1 port={port} user={SUPERUSER} dbname=postgres sslmode=disable connect_timeout=10"
     );
-    Config::parse_with_env(&conninfo, |k| (k == "HOME").then(|| home.clone())).expect("config")
+    common::isolated_config(&conninfo, home)
 }
 
 /// Starts streaming, retrying while the previous walsender still holds the
@@ -44,22 +45,6 @@ async fn start(port: u16, home: &Path, slot: &str, publication: &str) -> Logical
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => panic!("START_REPLICATION: {e}"),
-        }
-    }
-}
-
-async fn transaction(stream: &mut LogicalStream) -> Vec<XLogData> {
-    let mut out = Vec::new();
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(30), stream.next())
-            .await
-            .expect("no data within 30 s")
-            .expect("stream error")
-            .expect("stream ended");
-        let commit = msg.data.first() == Some(&b'C');
-        out.push(msg);
-        if commit {
-            return out;
         }
     }
 }
@@ -106,28 +91,28 @@ pgrelay_testkit::per_major!(lost_connections, |major| async move {
     sql.batch_execute("INSERT INTO items VALUES (1)")
         .await
         .expect("insert");
-    assert_eq!(kinds(&transaction(&mut stream).await), "BRIC");
+    assert_eq!(kinds(&common::transaction(&mut stream).await), "BRIC");
     proxy.cut_all();
     expect_lost(&mut stream, "proxy cut").await;
 
     // Directly; the transaction was never confirmed, so it comes again.
     let mut stream = start(pg.port(), home, &slot, &publication).await;
     assert_eq!(
-        kinds(&transaction(&mut stream).await),
+        kinds(&common::transaction(&mut stream).await),
         "BRIC",
         "resent after the cut"
     );
     sql.batch_execute("INSERT INTO items VALUES (2)")
         .await
         .expect("insert");
-    assert_eq!(kinds(&transaction(&mut stream).await), "BIC");
+    assert_eq!(kinds(&common::transaction(&mut stream).await), "BIC");
     drop(sql);
     pg.crash();
     expect_lost(&mut stream, "server crash").await;
 
     pg.start_again();
     let mut stream = start(pg.port(), home, &slot, &publication).await;
-    let first = transaction(&mut stream).await;
+    let first = common::transaction(&mut stream).await;
     assert_eq!(kinds(&first), "BRIC", "resent after the crash");
     stream.shutdown().await.expect("shutdown");
 });

@@ -7,17 +7,14 @@
 //! an empty Begin/Commit per transaction, which the consumer confirms; on
 //! 17 nothing is sent and keepalive positions are confirmed while idle.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use pgrelay_source::{
-    Config, CreateSlotOptions, FeedbackSettings, Lsn, PgOutputOptions, ReplicationClient, XLogData,
+    CreateSlotOptions, FeedbackSettings, Lsn, PgOutputOptions, ReplicationClient,
 };
 use pgrelay_testkit::{simple_rows, unique_name, Cluster, SUPERUSER};
-
-fn commit_end(msg: &XLogData) -> Lsn {
-    let bytes: [u8; 8] = msg.data[10..18].try_into().expect("commit message");
-    Lsn(u64::from_be_bytes(bytes))
-}
 
 async fn lsn(client: &tokio_postgres::Client, sql: &str) -> Lsn {
     let rows = simple_rows(client, sql).await.expect(sql);
@@ -41,15 +38,13 @@ async fn idle_source(major: u32) {
     .await
     .expect("setup");
     let home = tempfile::tempdir().expect("home");
-    let home_str = home.path().display().to_string();
-    let config = Config::parse_with_env(
+    let config = common::isolated_config(
         &format!(
             "host=127.0.0.1 port={} user={SUPERUSER} dbname=postgres sslmode=disable",
             pg.port()
         ),
-        |k| (k == "HOME").then(|| home_str.clone()),
-    )
-    .expect("config");
+        home.path(),
+    );
     let mut c = ReplicationClient::connect(&config).await.expect("connect");
     let slot = unique_name("idle");
     let created = c
@@ -90,7 +85,7 @@ async fn idle_source(major: u32) {
                 b'B' => {}
                 b'C' => {
                     empty_transactions += 1;
-                    stream.set_flushed(commit_end(&msg));
+                    stream.set_flushed(common::commit_end(&msg));
                 }
                 other => panic!("unexpected {:?} from a filtered source", char::from(other)),
             },

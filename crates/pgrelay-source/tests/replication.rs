@@ -16,22 +16,22 @@
 //! confirmed_flush_lsn; the returned client restarts streaming from the slot
 //! and gets only the next transaction.
 
+mod common;
+
 use std::path::Path;
-use std::time::Duration;
 
 use pgrelay_source::{
-    Config, CreateSlotOptions, FeedbackSettings, LogicalStream, Lsn, OriginFilter, PgOutputOptions,
-    ReplicationClient, SnapshotAction, SourceError, Streaming, XLogData,
+    Config, CreateSlotOptions, FeedbackSettings, Lsn, OriginFilter, PgOutputOptions,
+    ReplicationClient, SnapshotAction, SourceError, Streaming,
 };
 use pgrelay_testkit::{simple_rows, unique_name, Cluster, SUPERUSER};
 
 fn config(pg: &Cluster, home: &Path) -> Config {
-    let home = home.display().to_string();
     let conninfo = format!(
         "host=127.0.0.1 port={} user={SUPERUSER} dbname=postgres sslmode=disable application_name=pgrelay-source-test",
         pg.port()
     );
-    Config::parse_with_env(&conninfo, |k| (k == "HOME").then(|| home.clone())).expect("config")
+    common::isolated_config(&conninfo, home)
 }
 
 async fn sql_one(client: &tokio_postgres::Client, sql: &str) -> Option<String> {
@@ -42,17 +42,6 @@ async fn sql_one(client: &tokio_postgres::Client, sql: &str) -> Option<String> {
         .next()
         .and_then(|r| r.into_iter().next())
         .flatten()
-}
-
-async fn repl_one(client: &mut ReplicationClient, sql: &str) -> Option<String> {
-    let results = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    results
-        .into_iter()
-        .find_map(|r| r.rows.into_iter().next())
-        .and_then(|r| r.into_iter().next().flatten())
 }
 
 pgrelay_testkit::per_major!(commands, |major| async move {
@@ -165,14 +154,14 @@ pgrelay_testkit::per_major!(commands, |major| async move {
         .await
         .expect("insert");
     assert_eq!(
-        repl_one(&mut c, "SELECT count(*)::text FROM items")
+        common::repl_value(&mut c, "SELECT count(*)::text FROM items")
             .await
             .as_deref(),
         Some("2")
     );
     c.simple_query("COMMIT").await.expect("COMMIT");
     assert_eq!(
-        repl_one(&mut c, "SELECT count(*)::text FROM items")
+        common::repl_value(&mut c, "SELECT count(*)::text FROM items")
             .await
             .as_deref(),
         Some("3")
@@ -195,7 +184,9 @@ pgrelay_testkit::per_major!(commands, |major| async move {
         .expect_err("division by zero");
     assert!(err.to_string().contains("22012"), "{err}");
     assert_eq!(
-        repl_one(&mut c, "SELECT 'still usable'").await.as_deref(),
+        common::repl_value(&mut c, "SELECT 'still usable'")
+            .await
+            .as_deref(),
         Some("still usable")
     );
     let err = c
@@ -281,29 +272,6 @@ fn all_options(major: u32, publication: &str) -> PgOutputOptions {
     }
 }
 
-/// XLogData until (and including) the next Commit.
-async fn transaction(stream: &mut LogicalStream) -> Vec<XLogData> {
-    let mut out = Vec::new();
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(30), stream.next())
-            .await
-            .expect("no data within 30 s")
-            .expect("stream error")
-            .expect("stream ended");
-        let commit = msg.data.first() == Some(&b'C');
-        out.push(msg);
-        if commit {
-            return out;
-        }
-    }
-}
-
-/// `end_lsn` of a pgoutput Commit: 'C', flags, commit LSN, end LSN, time.
-fn commit_end(msg: &XLogData) -> Lsn {
-    let bytes: [u8; 8] = msg.data[10..18].try_into().expect("commit message");
-    Lsn(u64::from_be_bytes(bytes))
-}
-
 pgrelay_testkit::per_major!(streaming, |major| async move {
     let pg = Cluster::start(major);
     let home = tempfile::tempdir().expect("home");
@@ -339,11 +307,11 @@ pgrelay_testkit::per_major!(streaming, |major| async move {
     )
     .await
     .expect("write");
-    let txn = transaction(&mut stream).await;
+    let txn = common::transaction(&mut stream).await;
     let kinds: String = txn.iter().map(|m| char::from(m.data[0])).collect();
     assert_eq!(kinds, "BRIIMC", "message types");
     let commit = txn.last().expect("commit");
-    let end = commit_end(commit);
+    let end = common::commit_end(commit);
     assert_eq!(
         commit.wal_start, end,
         "pgoutput sends Commit at the end LSN"
@@ -392,11 +360,11 @@ pgrelay_testkit::per_major!(streaming, |major| async move {
         .start_logical_replication(&slot, Lsn::INVALID, &options, FeedbackSettings::default())
         .await
         .expect("restart");
-    let txn = transaction(&mut stream).await;
+    let txn = common::transaction(&mut stream).await;
     let kinds: String = txn.iter().map(|m| char::from(m.data[0])).collect();
     assert_eq!(kinds, "BRIC", "only the new transaction is sent again");
     assert!(txn[0].wal_start >= end, "{:?} < {end}", txn[0].wal_start);
-    let end2 = commit_end(txn.last().expect("commit"));
+    let end2 = common::commit_end(txn.last().expect("commit"));
     stream.set_flushed(end2);
     stream
         .shutdown()
