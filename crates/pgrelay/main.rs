@@ -82,8 +82,10 @@ fn main() {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // tail is one sequential pipeline (read, decode, print): on one thread
+    // it avoids a cross-thread wakeup per message, which cost more CPU
+    // than decoding it.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

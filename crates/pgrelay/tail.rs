@@ -347,19 +347,27 @@ struct Printer<W: Write> {
 
 fn push_json_str(line: &mut String, s: &str) {
     line.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => line.push_str("\\\""),
-            '\\' => line.push_str("\\\\"),
-            '\n' => line.push_str("\\n"),
-            '\r' => line.push_str("\\r"),
-            '\t' => line.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(line, "\\u{:04x}", c as u32);
-            }
-            c => line.push(c),
+    // Copy runs that need no escaping in one go; most values have none.
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        line.push_str(&s[start..i]);
+        if escaped.is_empty() {
+            let _ = write!(line, "\\u{b:04x}");
+        } else {
+            line.push_str(escaped);
         }
+        start = i + 1;
     }
+    line.push_str(&s[start..]);
     line.push('"');
 }
 
@@ -608,4 +616,18 @@ enum Cell {
 
 pub fn is_usage_error(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.is::<UsageError>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_json_str;
+
+    #[test]
+    fn json_strings_escape_exactly_what_json_requires() {
+        let mut line = String::new();
+        push_json_str(&mut line, "a\"b\\c\nd\re\tf\u{1}g é✓");
+        assert_eq!(line, r#""a\"b\\c\nd\re\tf\u0001g é✓""#);
+        let parsed: String = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed, "a\"b\\c\nd\re\tf\u{1}g é✓");
+    }
 }
