@@ -6,6 +6,8 @@
 //! runtime failure, 2 bad arguments or an unreachable server (clap's own
 //! usage errors exit 2 as well). Errors print as one line saying what to fix.
 
+#[allow(dead_code)] // wired by `stream`, `native run` and `replica monitor`
+mod http;
 mod sqlconn;
 mod tail;
 

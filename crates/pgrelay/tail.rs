@@ -218,7 +218,7 @@ async fn stream(
     options.two_phase = two_phase;
 
     let converter = if args.binary {
-        let client = sqlconn::connect(config)
+        let client = pgrelay_source::connect_sql(config)
             .await
             .context("--binary needs an ordinary connection to the source to print values")?;
         Some(sqlconn::TextConverter::new(client))

@@ -168,6 +168,20 @@ pub enum SourceError {
         reason: String,
     },
 
+    /// An ordinary SQL connection ([`crate::connect_sql`]) or a statement
+    /// on it failed.
+    #[error("{target}: {message}")]
+    Sql {
+        /// The host, `host:port` or socket path.
+        target: String,
+        /// The server's or the driver's message, with detail and hint.
+        message: String,
+        /// SQLSTATE, when the server reported one.
+        sqlstate: Option<SqlState>,
+        /// Whether retrying later can succeed.
+        transient: bool,
+    },
+
     /// The stream or client was used after it failed or ended.
     #[error("the replication connection to {target} already {state}; open a new connection")]
     Closed {
@@ -184,7 +198,9 @@ impl SourceError {
     pub fn is_transient(&self) -> bool {
         match self {
             SourceError::Io { .. } | SourceError::ConnectTimeout { .. } => true,
-            SourceError::Server { transient, .. } => *transient,
+            SourceError::Server { transient, .. } | SourceError::Sql { transient, .. } => {
+                *transient
+            }
             SourceError::ConnectFailed { attempts } => {
                 attempts.iter().any(|a| a.error.is_transient())
             }
@@ -205,6 +221,7 @@ impl SourceError {
         match self {
             SourceError::Server { sqlstate, .. }
             | SourceError::AuthenticationFailed { sqlstate, .. } => Some(*sqlstate),
+            SourceError::Sql { sqlstate, .. } => *sqlstate,
             _ => None,
         }
     }
@@ -230,6 +247,36 @@ impl SourceError {
             message: resp.message,
             detail: resp.detail,
             hint: resp.hint,
+        }
+    }
+
+    /// Wraps a tokio-postgres error from a connection to `target`.
+    pub fn from_sql(target: &str, e: tokio_postgres::Error) -> Self {
+        let transient = crate::sql::is_transient_sql_error(&e);
+        let (sqlstate, message) = match e.as_db_error() {
+            Some(db) => {
+                let mut m = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+                if let Some(d) = db.detail() {
+                    m.push_str(&format!("; detail: {d}"));
+                }
+                if let Some(h) = db.hint() {
+                    m.push_str(&format!("; hint: {h}"));
+                }
+                (SqlState::new(db.code().code().as_bytes()), m)
+            }
+            None => {
+                let mut m = e.to_string();
+                if let Some(src) = std::error::Error::source(&e) {
+                    m.push_str(&format!(": {src}"));
+                }
+                (None, m)
+            }
+        };
+        SourceError::Sql {
+            target: target.to_owned(),
+            message,
+            sqlstate,
+            transient,
         }
     }
 

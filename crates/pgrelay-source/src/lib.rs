@@ -12,6 +12,8 @@
 //! * [`ReplicationClient`]: replication commands and simple SQL on a
 //!   `replication=database` connection, with per-major syntax
 //!   ([`command`]).
+//! * [`connect_sql`]: an ordinary tokio-postgres connection from the same
+//!   [`Config`] (prepared statements, pipelining, COPY).
 //! * [`LogicalStream`]: the CopyBoth stream, yielding XLogData and sending
 //!   standby status updates.
 //!
@@ -52,6 +54,7 @@ mod connect;
 mod connection;
 mod error;
 mod pgpass;
+mod sql;
 mod stream;
 mod tls;
 
@@ -65,6 +68,7 @@ pub use config::{
 pub use error::{ConnectAttempt, SourceError};
 pub use pgrelay_types::Lsn;
 pub use pgrelay_wire::{SqlState, XLogData};
+pub use sql::{connect_sql, is_transient_sql_error};
 pub use stream::{FeedbackSettings, LogicalStream};
 
 /// The rustls configuration this crate uses for `target` under `config`'s
