@@ -6,9 +6,9 @@
 //! runtime failure, 2 bad arguments or an unreachable server (clap's own
 //! usage errors exit 2 as well). Errors print as one line saying what to fix.
 
-#[allow(dead_code)] // wired by `stream`, `native run` and `replica monitor`
 mod http;
 mod sqlconn;
+mod stream;
 mod tail;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +31,12 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Copy, then stream changes to every target (exactly once), with lag metrics.
+    Stream(stream::StreamArgs),
+    /// Show the slot, and each target's applied position, lag and state.
+    Status(stream::StatusArgs),
+    /// Drop the slot, the publication and the targets' progress.
+    Cleanup(stream::CleanupArgs),
     /// Print the logical change stream as JSON lines.
     Tail(tail::TailArgs),
 }
@@ -86,11 +92,13 @@ fn main() {
     }
     // tail is one sequential pipeline (read, decode, print): on one thread
     // it avoids a cross-thread wakeup per message, which cost more CPU
-    // than decoding it.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // than decoding it. The streamer runs a reader and a worker per
+    // target, which do use several cores.
+    let builder = match cli.command {
+        Command::Tail(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match { builder }.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgrelay: cannot start the async runtime: {e}");
@@ -100,14 +108,23 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Tail(args) => tail::run(args, shutdown_signal()).await,
+            Command::Stream(args) => stream::run(args, shutdown_signal()).await,
+            Command::Status(args) => stream::status(args, shutdown_signal()).await,
+            Command::Cleanup(args) => stream::cleanup(args).await,
         }
     });
     if let Err(e) = result {
-        let code = if tail::is_usage_error(&e) { 2 } else { 1 };
-        let transient = e
-            .chain()
-            .filter_map(|c| c.downcast_ref::<pgrelay_source::SourceError>())
-            .any(|s| s.is_transient());
+        let code = if tail::is_usage_error(&e) || stream::is_usage_error(&e) {
+            2
+        } else {
+            1
+        };
+        let transient = e.chain().any(|c| {
+            c.downcast_ref::<pgrelay_source::SourceError>()
+                .is_some_and(|s| s.is_transient())
+                || c.downcast_ref::<pgrelay_stream::StreamError>()
+                    .is_some_and(|s| s.is_transient())
+        });
         let hint = if transient {
             " (transient: run the same command again to resume)"
         } else {

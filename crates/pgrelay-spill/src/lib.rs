@@ -194,6 +194,39 @@ impl SpillDir {
         })
     }
 
+    /// Ends appending to `id` and hands back a handle that can be read
+    /// any number of times (a slow target's backlog is read again after
+    /// a failed batch). Its bytes stay counted against the budget until
+    /// [`SpillDir::release`].
+    pub fn seal(&mut self, id: u64) -> Result<Sealed, SpillError> {
+        let open = self.open.remove(&id).ok_or(SpillError::Unknown { id })?;
+        let io = |source| SpillError::Io {
+            path: open.path.clone(),
+            source,
+        };
+        let mut file = open.writer.into_inner().map_err(|e| io(e.into_error()))?;
+        file.flush().map_err(io)?;
+        Ok(Sealed {
+            id,
+            path: open.path,
+            bytes: open.bytes,
+        })
+    }
+
+    /// Deletes a sealed spill and gives its bytes back to the budget.
+    pub fn release(&mut self, sealed: Sealed) -> Result<(), SpillError> {
+        self.used = self.used.saturating_sub(sealed.bytes);
+        std::fs::remove_file(&sealed.path).map_err(|source| SpillError::Io {
+            path: sealed.path,
+            source,
+        })
+    }
+
+    /// Bytes appended to the unsealed spill `id` so far (0 if unknown).
+    pub fn spill_bytes(&self, id: u64) -> u64 {
+        self.open.get(&id).map_or(0, |o| o.bytes)
+    }
+
     /// Forgets `id` without reading it.
     pub fn discard(&mut self, id: u64) -> Result<(), SpillError> {
         let open = self.open.remove(&id).ok_or(SpillError::Unknown { id })?;
@@ -202,6 +235,36 @@ impl SpillDir {
         std::fs::remove_file(&open.path).map_err(|source| SpillError::Io {
             path: open.path,
             source,
+        })
+    }
+}
+
+/// A spill that no longer grows; see [`SpillDir::seal`].
+#[derive(Debug)]
+pub struct Sealed {
+    id: u64,
+    path: PathBuf,
+    bytes: u64,
+}
+
+impl Sealed {
+    /// Bytes on disk, framing included.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// A reader from the first record.
+    pub fn reader(&self) -> Result<SpillReader, SpillError> {
+        let file = File::open(&self.path).map_err(|source| SpillError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(SpillReader {
+            id: self.id,
+            reader: BufReader::with_capacity(256 * 1024, file),
+            offset: 0,
+            len: self.bytes,
+            failed: false,
         })
     }
 }
@@ -371,6 +434,28 @@ mod tests {
             0,
             "files left behind"
         );
+    }
+
+    #[test]
+    fn sealed_spills_read_twice_and_release_their_budget() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut s = SpillDir::open(parent.path(), Some(100)).unwrap();
+        s.append(1, b"abc").unwrap();
+        s.append(1, b"de").unwrap();
+        assert_eq!(s.spill_bytes(1), 13);
+        let sealed = s.seal(1).unwrap();
+        assert_eq!(sealed.bytes(), 13);
+        assert_eq!(s.used_bytes(), 13, "sealed bytes stay counted");
+        for _ in 0..2 {
+            let got: Vec<Bytes> = sealed.reader().unwrap().collect::<Result<_, _>>().unwrap();
+            assert_eq!(
+                got,
+                vec![Bytes::from_static(b"abc"), Bytes::from_static(b"de")]
+            );
+        }
+        s.release(sealed).unwrap();
+        assert_eq!(s.used_bytes(), 0);
+        assert_eq!(std::fs::read_dir(s.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -1,0 +1,359 @@
+//! The source reader: one logical replication connection, one decode, and
+//! every committed transaction dispatched to every target's log.
+//!
+//! Invariants:
+//! * Events reach the logs in source commit order; a transaction at or
+//!   before the last one dispatched (resent after a reconnect) is not
+//!   dispatched again.
+//! * The slot is confirmed (standby status `flush`) only up to
+//!   [`PipelineState::confirmable`], the lowest position every target
+//!   made durable; keepalive positions reach the targets as `Position`
+//!   events only while no transaction is half received, so confirming
+//!   them never skips a transaction.
+//! * Lost connections and server restarts are transient: reconnect with
+//!   capped exponential backoff and resume after the last dispatched
+//!   transaction. Half-received transactions are dropped with the
+//!   connection and resent by the server.
+//! * When the spill budget is full the reader stops reading (the server
+//!   keeps the WAL) and says so in logs, metrics and `/health`.
+//!
+//! PostgreSQL docs: "Logical Streaming Replication Protocol"
+//! (protocol-logical-replication), "Streaming Replication Protocol"
+//! (protocol-replication).
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgrelay_pgoutput::{
+    Decoder, DecoderConfig, Message, ProtocolVersion, Reassembled, Reassembler,
+    Streaming as WireStreaming,
+};
+use pgrelay_source::{
+    max_proto_version, Config, FeedbackSettings, LogicalStream, PgOutputOptions, ReplicationClient,
+    SourceError, Streaming,
+};
+use pgrelay_spill::{SpillDir, SpillError};
+use pgrelay_types::{Change, Lsn};
+use tokio::sync::{watch, Notify};
+
+use crate::log::Event;
+use crate::state::PipelineState;
+use crate::target::TargetHandle;
+use crate::StreamError;
+
+/// Changes per dispatched chunk.
+const CHUNK_CHANGES: usize = 1000;
+/// Bytes per dispatched chunk.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// The reader's settings.
+pub struct SourceReader {
+    /// Source connection.
+    pub config: Config,
+    /// Slot.
+    pub slot: String,
+    /// Publication.
+    pub publication: String,
+    /// Shared state.
+    pub state: Arc<PipelineState>,
+    /// One per target.
+    pub targets: Vec<TargetHandle>,
+    /// Signalled when a target freed log space.
+    pub space: Arc<Notify>,
+    /// Where transactions being received spill.
+    pub spill_dir: PathBuf,
+    /// Memory for transactions being received.
+    pub transaction_memory: usize,
+    /// Backoff cap.
+    pub max_retry_delay: Duration,
+}
+
+struct Cursor {
+    /// Commit LSN of the last transaction dispatched.
+    commit: Lsn,
+    /// Its end LSN.
+    end: Lsn,
+    /// Last position event dispatched.
+    position: Lsn,
+}
+
+impl SourceReader {
+    /// Streams until `shutdown` turns true. Returns an error only for
+    /// fatal problems (slot gone, publication missing, permission).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), StreamError> {
+        let mut cursor = Cursor {
+            commit: Lsn::INVALID,
+            end: Lsn::INVALID,
+            position: Lsn::INVALID,
+        };
+        let mut delay = Duration::from_millis(200);
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            match self.session(&mut cursor, &mut shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(StreamError::Source(e)) if e.is_transient() => {
+                    self.state.set_source_connected(false);
+                    tracing::warn!(error = %e, retry_in = ?delay, "source connection lost; reconnecting");
+                    metrics::counter!("pgrelay_source_reconnects_total").increment(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    delay = (delay * 2).min(self.max_retry_delay);
+                }
+                Err(e) => {
+                    self.state.set_source_connected(false);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        cursor: &mut Cursor,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), StreamError> {
+        let client = tokio::select! {
+            c = ReplicationClient::connect(&self.config) => c?,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let major = client.server_major();
+        let proto = max_proto_version(major);
+        let mut options = PgOutputOptions::new([self.publication.clone()]);
+        options.proto_version = Some(proto);
+        options.streaming = if proto >= 2 {
+            Streaming::On
+        } else {
+            Streaming::Off
+        };
+        let feedback = FeedbackSettings {
+            confirm_idle_keepalives: false,
+            ..FeedbackSettings::default()
+        };
+        let mut stream = client
+            .start_logical_replication(&self.slot, cursor.end, &options, feedback)
+            .await?;
+        self.state.set_source_connected(true);
+        tracing::info!(slot = %self.slot, proto, from = %cursor.end, "streaming from the source");
+        let decoder_config = DecoderConfig {
+            proto_version: ProtocolVersion::try_from(proto).map_err(|_| {
+                StreamError::Fatal(format!(
+                    "pgoutput protocol {proto} is unknown to the decoder"
+                ))
+            })?,
+            streaming: if proto >= 2 {
+                WireStreaming::On
+            } else {
+                WireStreaming::Off
+            },
+        };
+        let mut decoder = Decoder::new(decoder_config);
+        let spill =
+            SpillDir::open(&self.spill_dir, None).map_err(|e| StreamError::Fatal(e.to_string()))?;
+        let mut reassembler = Reassembler::new(spill, self.transaction_memory);
+        let mut mid_group = false;
+        let mut received_since_tick = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            let data = tokio::select! {
+                biased;
+                _ = shutdown.changed() => break Ok(()),
+                _ = tick.tick() => {
+                    self.state.set_wal_end(stream.server_wal_end());
+                    let stats = reassembler.stats();
+                    let idle = !received_since_tick && !mid_group
+                        && stats.open_streams == 0 && stats.pending_prepared == 0;
+                    received_since_tick = false;
+                    let wal_end = stream.server_wal_end();
+                    if idle && wal_end > cursor.position && wal_end >= cursor.end {
+                        cursor.position = wal_end;
+                        if let Err(e) = self.dispatch(&Event::Position(wal_end), shutdown).await {
+                            break Err(e);
+                        }
+                    }
+                    stream.set_flushed(self.state.confirmable());
+                    continue;
+                }
+                r = stream.next() => r,
+            };
+            let data = match data {
+                Ok(Some(d)) => d,
+                Ok(None) => {
+                    break Err(StreamError::Source(SourceError::Closed {
+                        target: "source".into(),
+                        state: "failed",
+                    }))
+                }
+                Err(e) => break Err(e.into()),
+            };
+            received_since_tick = true;
+            metrics::counter!("pgrelay_received_bytes_total").increment(data.data.len() as u64);
+            let msg = match decoder.decode(&data.data) {
+                Ok(m) => m,
+                Err(e) => {
+                    break Err(StreamError::Fatal(format!(
+                        "cannot decode the pgoutput message at {}: {e}",
+                        data.wal_start
+                    )))
+                }
+            };
+            match &msg {
+                Message::Begin(_) | Message::BeginPrepare(_) | Message::StreamStart(_) => {
+                    mid_group = true
+                }
+                Message::Commit(_)
+                | Message::Prepare(_)
+                | Message::StreamStop
+                | Message::StreamCommit(_)
+                | Message::StreamAbort(_)
+                | Message::StreamPrepare(_)
+                | Message::CommitPrepared(_)
+                | Message::RollbackPrepared(_) => mid_group = false,
+                _ => {}
+            }
+            let out = match reassembler.push(msg) {
+                Ok(o) => o,
+                Err(e) => break Err(StreamError::Fatal(e.to_string())),
+            };
+            let Some(Reassembled::Transaction(txn)) = out else {
+                continue;
+            };
+            if txn.info.commit_lsn <= cursor.commit && cursor.commit != Lsn::INVALID {
+                // Resent after a reconnect: already in every log.
+                continue;
+            }
+            let info = Arc::new(txn.info.clone());
+            let confirm = match reassembler.flush_limit() {
+                Some(limit) => info.end_lsn.min(limit),
+                None => info.end_lsn,
+            };
+            self.state.note_dispatch();
+            if let Err(e) = self.dispatch(&Event::Begin(info.clone()), shutdown).await {
+                break Err(e);
+            }
+            let mut chunk: Vec<Change> = Vec::new();
+            let mut chunk_bytes = 0;
+            let mut failed = None;
+            for change in txn {
+                let change = match change {
+                    Ok(c) => c,
+                    Err(e) => {
+                        failed = Some(StreamError::Fatal(e.to_string()));
+                        break;
+                    }
+                };
+                chunk_bytes += change.approx_size();
+                chunk.push(change);
+                if chunk.len() >= CHUNK_CHANGES || chunk_bytes >= CHUNK_BYTES {
+                    let full = std::mem::take(&mut chunk);
+                    chunk_bytes = 0;
+                    if let Err(e) = self
+                        .dispatch(&Event::Changes(Arc::new(full)), shutdown)
+                        .await
+                    {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                break Err(e);
+            }
+            if !chunk.is_empty() {
+                if let Err(e) = self
+                    .dispatch(&Event::Changes(Arc::new(chunk)), shutdown)
+                    .await
+                {
+                    break Err(e);
+                }
+            }
+            if let Err(e) = self
+                .dispatch(&Event::Commit(info.clone(), confirm), shutdown)
+                .await
+            {
+                break Err(e);
+            }
+            cursor.commit = info.commit_lsn;
+            cursor.end = info.end_lsn;
+            self.state.set_wal_end(info.end_lsn);
+            stream.set_flushed(self.state.confirmable());
+        };
+        match result {
+            Ok(()) => {
+                // Final feedback, then a clean CopyDone.
+                stream.set_flushed(self.state.confirmable());
+                shutdown_stream(stream).await;
+                Ok(())
+            }
+            Err(e) => {
+                stream.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Pushes one event to every live target's log, waiting while the
+    /// spill budget is full.
+    async fn dispatch(
+        &self,
+        event: &Event,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), StreamError> {
+        for t in &self.targets {
+            if t.closed.load(Ordering::Acquire) {
+                continue;
+            }
+            let mut warned = false;
+            loop {
+                let pushed = t.log.lock().expect("log lock").push(event);
+                match pushed {
+                    Ok(_) => break,
+                    Err(SpillError::BudgetExceeded { budget, used }) => {
+                        if !warned {
+                            tracing::warn!(target_name = %t.state.name, budget, used, "spill budget full: waiting for slow targets before reading more from the source (raise apply.spill_budget or fix the target)");
+                            warned = true;
+                        }
+                        self.state.set_stalled(true);
+                        let space = self.space.notified();
+                        tokio::select! {
+                            _ = space => {}
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                            _ = shutdown.changed() => return Err(StreamError::ShuttingDown),
+                        }
+                        if t.closed.load(Ordering::Acquire) {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        return Err(StreamError::Fatal(format!(
+                            "target log of {}: {e}",
+                            t.state.name
+                        )))
+                    }
+                }
+            }
+            if warned {
+                self.state.set_stalled(false);
+                tracing::info!(target_name = %t.state.name, "spill space available again; reading from the source");
+            }
+            t.data.notify_one();
+        }
+        Ok(())
+    }
+}
+
+async fn shutdown_stream(stream: LogicalStream) {
+    match tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await {
+        Ok(Ok(client)) => {
+            let _ = client.close().await;
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "ending the replication stream"),
+        Err(_) => tracing::debug!("the server did not end the stream within 5 s"),
+    }
+}

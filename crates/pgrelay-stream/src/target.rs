@@ -1,0 +1,271 @@
+//! One target worker: reads its log, applies through `pgrelay-apply` in
+//! batches, reports durable progress, and survives connection loss.
+//!
+//! Invariants:
+//! * The log is committed (events forgotten) and the target's confirmable
+//!   position advanced only after the target transaction holding those
+//!   events and the progress row committed.
+//! * A failed batch is rolled back by the server; the worker reconnects
+//!   with capped exponential backoff (indefinitely), rewinds the log to
+//!   the last commit and replays; the applier skips source transactions
+//!   the progress row already covers, so nothing is applied twice.
+//! * A fatal error (constraint violation, missing table, permission)
+//!   stops only this target: its position freezes, so the slot keeps the
+//!   WAL it still needs, and its log is dropped (a restart of pgrelay
+//!   after the fix replays from the slot).
+//! * On shutdown the worker finishes the source transaction in hand only
+//!   if it is complete, commits what is pending, and stops.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pgrelay_apply::{Applier, ApplyError, ApplyOptions};
+use pgrelay_types::Lsn;
+use tokio::sync::{watch, Notify};
+
+use crate::config::TargetConfig;
+use crate::log::{Event, TargetLog};
+use crate::state::{TargetPhase, TargetState};
+
+/// What a worker shares with the source reader.
+pub struct TargetHandle {
+    /// Its state (health, metrics, confirm position).
+    pub state: Arc<TargetState>,
+    /// Its backlog.
+    pub log: Arc<Mutex<TargetLog>>,
+    /// Signalled when events were pushed.
+    pub data: Arc<Notify>,
+    /// Set once the target failed fatally: stop pushing.
+    pub closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Everything a worker needs.
+pub struct Worker {
+    /// Connection and role.
+    pub target: TargetConfig,
+    /// Shared with the source.
+    pub handle: TargetHandle,
+    /// Signalled when the worker freed log space.
+    pub space: Arc<Notify>,
+    /// Applier settings.
+    pub options: ApplyOptions,
+    /// Backoff cap.
+    pub max_retry_delay: Duration,
+}
+
+/// Why an apply session ended.
+#[derive(Debug, thiserror::Error)]
+enum WorkerError {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("target backlog: {0}")]
+    Log(#[from] pgrelay_spill::SpillError),
+}
+
+enum Outcome {
+    Shutdown,
+    Retry(String),
+    Fatal(String),
+}
+
+impl Worker {
+    /// Runs until `shutdown` turns true (or a fatal error).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let state = self.handle.state.clone();
+        let mut delay = Duration::from_millis(200);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let outcome = self.session(&mut shutdown).await;
+            state.set_connected(false);
+            match outcome {
+                Outcome::Shutdown => break,
+                Outcome::Retry(e) => {
+                    tracing::warn!(target_name = %state.name, error = %e, retry_in = ?delay, "target unavailable; retrying");
+                    state.set_phase(TargetPhase::Retrying);
+                    state.set_error(e);
+                    metrics::counter!("pgrelay_target_retries_total", "target" => state.name.clone()).increment(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    delay = (delay * 2).min(self.max_retry_delay);
+                }
+                Outcome::Fatal(e) => {
+                    tracing::error!(target_name = %state.name, error = %e, "target stopped; fix the cause and restart pgrelay: it resumes from this target's last applied transaction");
+                    state.set_phase(TargetPhase::Failed);
+                    state.set_error(e);
+                    self.handle
+                        .closed
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    self.handle.log.lock().expect("log lock").clear();
+                    self.space.notify_waiters();
+                    return;
+                }
+            }
+        }
+        state.set_phase(TargetPhase::Stopped);
+    }
+
+    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Outcome {
+        let state = &self.handle.state;
+        let client = tokio::select! {
+            c = pgrelay_source::connect_sql(&self.target.config) => c,
+            _ = shutdown.changed() => return Outcome::Shutdown,
+        };
+        let client = match client {
+            Ok(c) => c,
+            Err(e) if e.is_transient() => return Outcome::Retry(e.to_string()),
+            Err(e) => return Outcome::Fatal(e.to_string()),
+        };
+        let mut applier = match Applier::new(client, self.options.clone()).await {
+            Ok(a) => a,
+            Err(e) => return classify(e),
+        };
+        state.set_connected(true);
+        state.set_phase(TargetPhase::Streaming);
+        self.handle.log.lock().expect("log lock").rewind();
+        tracing::info!(target_name = %state.name, progress = ?applier.progress().map(|p| p.end_lsn.to_string()), "target connected");
+        match self.apply_loop(&mut applier, shutdown).await {
+            Ok(()) => Outcome::Shutdown,
+            Err(WorkerError::Apply(e)) => classify(e),
+            Err(WorkerError::Log(e)) if e.is_transient() => Outcome::Retry(e.to_string()),
+            Err(WorkerError::Log(e)) => Outcome::Fatal(e.to_string()),
+        }
+    }
+
+    async fn apply_loop(
+        &self,
+        applier: &mut Applier,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), WorkerError> {
+        let state = &self.handle.state;
+        // Inside a source transaction (between Begin and Commit)?
+        let mut in_txn = false;
+        // The current source transaction is already applied: ignore it.
+        let mut skipping = false;
+        // Something was applied since the last flush.
+        let mut dirty = false;
+        // Confirmable position and commit time once pending work commits.
+        let mut pending: Option<(Lsn, Option<pgrelay_types::PgTimestamp>)> = None;
+        loop {
+            let next = {
+                let mut log = self.handle.log.lock().expect("log lock");
+                let n = log.next().map_err(|e| WorkerError::Log(e))?;
+                state.set_spilled(log.disk_bytes());
+                n
+            };
+            let Some(event) = next else {
+                // Idle: make pending work durable now (latency), then wait.
+                if !in_txn {
+                    if dirty {
+                        self.flush(applier, &mut dirty, &mut pending).await?;
+                    }
+                    if *shutdown.borrow() {
+                        return Ok(());
+                    }
+                    state.set_caught_up(true);
+                }
+                let wait = self.handle.data.notified();
+                tokio::pin!(wait);
+                // Re-check after registering, so a push between the
+                // check and the wait is not missed.
+                if !self.handle.log.lock().expect("log lock").fully_read() {
+                    continue;
+                }
+                tokio::select! {
+                    _ = &mut wait => {}
+                    _ = shutdown.changed() => {
+                        if !in_txn {
+                            continue;
+                        }
+                        // Mid-transaction with the rest not yet received:
+                        // roll back; it is replayed after restart.
+                        return Ok(());
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            };
+            state.set_caught_up(false);
+            match event {
+                Event::Begin(info) => {
+                    in_txn = true;
+                    skipping = !applier.begin(&info).await?;
+                }
+                Event::Changes(changes) => {
+                    if !skipping {
+                        applier.changes(&changes).await?;
+                        dirty = true;
+                    }
+                }
+                Event::Commit(info, confirm) => {
+                    in_txn = false;
+                    if !skipping {
+                        applier.commit(&info).await?;
+                        dirty = true;
+                    }
+                    skipping = false;
+                    pending = Some((confirm, Some(info.commit_ts)));
+                    if !dirty {
+                        self.settle(&mut pending)?;
+                    } else if applier.should_flush() {
+                        self.flush(applier, &mut dirty, &mut pending).await?;
+                    }
+                    if *shutdown.borrow() {
+                        if dirty {
+                            self.flush(applier, &mut dirty, &mut pending).await?;
+                        }
+                        return Ok(());
+                    }
+                }
+                Event::Position(lsn) => {
+                    if !in_txn {
+                        pending = Some((lsn, None));
+                        if !dirty {
+                            self.settle(&mut pending)?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Nothing is pending on the target: what was read is done.
+    fn settle(
+        &self,
+        pending: &mut Option<(Lsn, Option<pgrelay_types::PgTimestamp>)>,
+    ) -> Result<(), WorkerError> {
+        self.handle
+            .log
+            .lock()
+            .expect("log lock")
+            .commit()
+            .map_err(|e| WorkerError::Log(e))?;
+        if let Some((lsn, ts)) = pending.take() {
+            self.handle.state.advance(lsn, ts);
+        }
+        self.space.notify_waiters();
+        Ok(())
+    }
+
+    async fn flush(
+        &self,
+        applier: &mut Applier,
+        dirty: &mut bool,
+        pending: &mut Option<(Lsn, Option<pgrelay_types::PgTimestamp>)>,
+    ) -> Result<(), WorkerError> {
+        applier.flush().await?;
+        *dirty = false;
+        self.settle(pending)
+    }
+}
+
+fn classify(e: ApplyError) -> Outcome {
+    if e.is_transient() {
+        Outcome::Retry(e.to_string())
+    } else {
+        Outcome::Fatal(e.to_string())
+    }
+}

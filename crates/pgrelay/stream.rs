@@ -1,0 +1,258 @@
+//! `pgrelay stream`, `pgrelay status` and `pgrelay cleanup`: the command
+//! line around pgrelay-stream.
+//!
+//! Configuration comes from the YAML file (`--config`, `$PGRELAY_CONFIG`,
+//! `./pgrelay.yml`, `/etc/pgrelay/pgrelay.yml`) and flags that replace or
+//! extend it. `stream` serves `/metrics` and `/health` on `--listen` and
+//! stops on SIGINT/SIGTERM after finishing in-flight batches. Nothing
+//! printed here contains a password.
+
+use std::future::Future;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pgrelay_stream::{config, Overrides, Pipeline, StreamConfig};
+
+use crate::http;
+
+/// Where the pipeline is described: a file, flags, or both.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PipelineArgs {
+    /// Configuration file (default: $PGRELAY_CONFIG, ./pgrelay.yml, /etc/pgrelay/pgrelay.yml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Source server URL (replaces source.url).
+    #[arg(long, value_name = "URL")]
+    source: Option<String>,
+    /// A target as NAME=URL (repeatable; adds to or replaces the file's targets).
+    #[arg(long = "target", value_name = "NAME=URL", value_parser = parse_target)]
+    targets: Vec<(String, String)>,
+    /// Replication slot; also names the pipeline on the targets (default: pgrelay).
+    #[arg(long, value_name = "NAME")]
+    slot: Option<String>,
+    /// Publication (default: the slot name).
+    #[arg(long, value_name = "NAME")]
+    publication: Option<String>,
+    /// Tables to replicate, as globs over schema.table (repeatable; default: every user table).
+    #[arg(long = "table", value_name = "PATTERN")]
+    include: Vec<String>,
+    /// Tables to leave out (repeatable).
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    exclude: Vec<String>,
+}
+
+fn parse_target(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((n, u)) if !n.is_empty() && !u.is_empty() && !n.contains(' ') => {
+            Ok((n.to_owned(), u.to_owned()))
+        }
+        _ => Err("expected NAME=URL, e.g. east=postgres://user@host/db".into()),
+    }
+}
+
+impl PipelineArgs {
+    fn load(&self, listen: Option<String>) -> Result<StreamConfig> {
+        let file = config::locate(self.config.as_deref())?;
+        let overrides = Overrides {
+            source: self.source.clone(),
+            targets: self.targets.clone(),
+            slot: self.slot.clone(),
+            publication: self.publication.clone(),
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+            listen,
+        };
+        Ok(config::load(file.as_deref(), &overrides)?)
+    }
+}
+
+/// `pgrelay stream`.
+#[derive(Debug, clap::Args)]
+pub struct StreamArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    /// Serve /metrics and /health here (e.g. 127.0.0.1:9187).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+}
+
+/// `pgrelay status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    /// Refresh every 2 seconds until interrupted.
+    #[arg(long)]
+    watch: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `pgrelay cleanup`.
+#[derive(Debug, clap::Args)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    /// Do it without asking.
+    #[arg(long)]
+    yes: bool,
+}
+
+/// Runs the streamer until `shutdown`.
+pub async fn run(
+    args: StreamArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let config = args.pipeline.load(args.listen.clone())?;
+    let listen = config.listen;
+    let pipeline = Pipeline::new(config);
+    let state = pipeline.state();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = listen {
+        let health_state = state.clone();
+        let mut rx = stop_rx.clone();
+        let (local, serve) =
+            http::bind(addr, Arc::new(move || health_state.health()), async move {
+                let _ = rx.wait_for(|v| *v).await;
+            })
+            .await?;
+        tracing::info!(addr = %local, "serving /metrics and /health");
+        tokio::spawn(serve);
+    }
+    let result = pipeline.run(shutdown).await;
+    let _ = stop_tx.send(true);
+    result.map_err(anyhow::Error::from)
+}
+
+/// Prints the pipeline's status once or until interrupted.
+pub async fn status(args: StatusArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let config = args.pipeline.load(None)?;
+    tokio::pin!(shutdown);
+    loop {
+        let s = pgrelay_stream::status::status(&config).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        } else {
+            if args.watch && std::io::stdout().is_terminal() {
+                print!("\x1b[2J\x1b[H");
+            }
+            print_status(&s);
+        }
+        if !args.watch {
+            let bad = !s.slot.exists || s.targets.iter().any(|t| !t.reachable);
+            if bad && !args.json {
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+fn print_status(s: &pgrelay_stream::status::Status) {
+    let slot = &s.slot;
+    if slot.exists {
+        println!(
+            "slot {}: {} confirmed {} retained {} wal_status {}",
+            slot.name,
+            if slot.active { "active" } else { "inactive" },
+            slot.confirmed_flush_lsn.as_deref().unwrap_or("-"),
+            slot.retained_bytes.map_or("-".into(), human_bytes),
+            slot.wal_status.as_deref().unwrap_or("-"),
+        );
+    } else {
+        println!(
+            "slot {}: does not exist (run `pgrelay stream` to create it)",
+            slot.name
+        );
+    }
+    println!(
+        "source WAL at {}, publication {} with {} tables",
+        s.source_wal_lsn, s.publication, s.publication_tables
+    );
+    println!(
+        "{:<16} {:<22} {:<14} {:>12} {:>10}",
+        "TARGET", "STATE", "APPLIED LSN", "LAG", "LAG (s)"
+    );
+    for t in &s.targets {
+        println!(
+            "{:<16} {:<22} {:<14} {:>12} {:>10}",
+            t.name,
+            t.state,
+            t.applied_lsn.as_deref().unwrap_or("-"),
+            t.lag_bytes.map_or("-".into(), human_bytes),
+            t.lag_seconds.map_or("-".into(), |v| format!("{v:.1}")),
+        );
+        if let Some(e) = &t.error {
+            println!("    error: {e}");
+        }
+    }
+}
+
+fn human_bytes(b: i64) -> String {
+    let b = b.max(0) as f64;
+    if b < 1024.0 {
+        format!("{b:.0} B")
+    } else if b < 1024.0 * 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else if b < 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / 1024.0 / 1024.0)
+    } else {
+        format!("{:.2} GiB", b / 1024.0 / 1024.0 / 1024.0)
+    }
+}
+
+/// Drops the slot, the publication and the targets' progress.
+pub async fn cleanup(args: CleanupArgs) -> Result<()> {
+    let config = args.pipeline.load(None)?;
+    if !args.yes {
+        let what = format!(
+            "slot {} and publication {} on the source, and pipeline {}'s progress on {} target(s)",
+            config.slot,
+            config.publication,
+            config.slot,
+            config.targets.len()
+        );
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!("cleanup would drop the {what}; pass --yes to confirm");
+        }
+        eprint!("Drop the {what}? [y/N] ");
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the answer")?;
+        if !matches!(line.trim(), "y" | "Y" | "yes") {
+            eprintln!("nothing dropped");
+            return Ok(());
+        }
+    }
+    let done = pgrelay_stream::status::cleanup(&config).await?;
+    println!(
+        "dropped: slot {}, publication {}, progress on [{}]{}",
+        if done.slot { "yes" } else { "(absent)" },
+        if done.publication { "yes" } else { "(absent)" },
+        done.targets.join(", "),
+        if done.unreachable.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; unreachable, left as is: [{}]",
+                done.unreachable.join(", ")
+            )
+        }
+    );
+    Ok(())
+}
+
+/// Whether `e` means bad input (exit 2) rather than a failed run.
+pub fn is_usage_error(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<config::ConfigError>().is_some())
+}
