@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use pgrelay_testkit::fixtures::{ALL_TYPES_DDL, ALL_TYPES_ROWS};
 use pgrelay_testkit::{
     assert_databases_equal, compare_databases, describe, simple_rows, unique_name, Cluster,
     FaultProxy, Workload,
@@ -267,3 +268,591 @@ async fn copies_then_streams_to_two_targets_of_other_majors() {
     assert!(status.success(), "exit {status:?}\n{}", s.logs());
     assert_databases_equal(&src, &c2).await;
 }
+
+/// pgbench's tables as `pgbench -i` creates them (targets of majors
+/// without pgbench get them from here).
+const PGBENCH_DDL: &str = "
+CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84));
+CREATE TABLE pgbench_branches (bid int PRIMARY KEY, bbalance int, filler char(88));
+CREATE TABLE pgbench_tellers (tid int PRIMARY KEY, bid int, tbalance int, filler char(84));
+CREATE TABLE pgbench_history (tid int, bid int, aid int, delta int, mtime timestamp, filler char(22));
+";
+
+/// Source 15 → targets 14, 16 and 17 at once, under pgbench plus every
+/// built-in type, TOAST updates, truncates and a streamed large
+/// transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fans_out_to_three_majors_under_pgbench_and_every_type() {
+    let source = logical(15);
+    let targets = [Cluster::start(14), Cluster::start(16), Cluster::start(17)];
+    let db = unique_name("fan");
+    source.create_database(&db);
+    source.pgbench_init(&db, 2);
+    let src = source.connect(&db).await;
+    sql(&src, "ALTER TABLE pgbench_history REPLICA IDENTITY FULL").await;
+    sql(&src, ALL_TYPES_DDL).await;
+    sql(&src, ALL_TYPES_ROWS).await;
+    for t in &targets {
+        t.create_database(&db);
+        let c = t.connect(&db).await;
+        c.batch_execute(PGBENCH_DDL).await.unwrap();
+        c.batch_execute(ALL_TYPES_DDL).await.unwrap();
+    }
+    let slot = unique_name("fan");
+    let names = ["t14", "t16", "t17"];
+    let list: Vec<(&str, String)> = names
+        .iter()
+        .zip(&targets)
+        .map(|(n, t)| (*n, t.superuser_url(&db)))
+        .collect();
+    let mut s = Streamer::new(&yaml(&source.superuser_url(&db), &slot, &list, ""));
+    s.start();
+    // pgbench runs in the background while pgrelay streams.
+    let bench = Command::from(source.pgbench_command(&db, 4, 500))
+        .stdout(Stdio::null())
+        .output();
+    let bench = tokio::spawn(bench);
+    // Concurrently: TOAST-preserving updates, a truncate, a large
+    // transaction the source streams in progress.
+    for i in 0..5 {
+        sql(
+            &src,
+            &format!("UPDATE all_types SET c_int2 = {i} WHERE id = 1"),
+        )
+        .await;
+    }
+    sql(
+        &src,
+        "UPDATE all_types SET c_big = c_big || 'x' WHERE id = 1",
+    )
+    .await;
+    sql(
+        &src,
+        "BEGIN; INSERT INTO all_types (id, c_text) SELECT g, repeat('y', 50) FROM generate_series(100, 60100) g; \
+         UPDATE all_types SET c_int4 = 1 WHERE id BETWEEN 100 AND 200; COMMIT;",
+    )
+    .await;
+    sql(&src, "DELETE FROM all_types WHERE id > 50000").await;
+    let out = bench.await.unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sql(&src, "TRUNCATE pgbench_history").await;
+    sql(
+        &src,
+        "INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (1, 1, 1, 1), (1, 1, 1, 1)",
+    )
+    .await;
+    for t in &targets {
+        let c = t.connect(&db).await;
+        wait_equal(&src, &c, Duration::from_secs(180), &s).await;
+    }
+    s.wait_caught_up(Duration::from_secs(60)).await;
+    assert!(s.sigterm().await.success(), "{}", s.logs());
+}
+
+/// Rows of the built-in generator plus a table without any unique key,
+/// where a doubled transaction would show as an extra row.
+async fn keyless_and_workload(src: &tokio_postgres::Client, wl: &Workload) {
+    wl.create_tables(src).await.unwrap();
+    sql(
+        src,
+        "CREATE TABLE ledger (who text, amount int, at timestamptz DEFAULT now());
+              ALTER TABLE ledger REPLICA IDENTITY FULL",
+    )
+    .await;
+}
+
+async fn ledger_and_workload(src: &mut tokio_postgres::Client, wl: &mut Workload, rounds: u64) {
+    for i in 0..rounds {
+        wl.run(src, 20).await.unwrap();
+        sql(
+            src,
+            &format!("INSERT INTO ledger (who, amount) VALUES ('r{i}', {i}), ('r{i}', {i})"),
+        )
+        .await;
+    }
+}
+
+/// kill -9 of pgrelay during the initial copy, and again twice during
+/// apply: every restart resumes, and nothing is lost or doubled (the
+/// keyless ledger would show a doubled transaction as extra rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_copy_and_apply_loses_and_doubles_nothing() {
+    let source = logical(16);
+    let target = Cluster::start(17);
+    let db = unique_name("k9");
+    source.create_database(&db);
+    target.create_database(&db);
+    let mut src = source.connect(&db).await;
+    let tgt = target.connect(&db).await;
+    let mut wl = Workload::new(9, 3);
+    keyless_and_workload(&src, &wl).await;
+    keyless_and_workload(&tgt, &wl).await;
+    // Enough rows that the copy is still running when we kill it.
+    sql(&src, "CREATE TABLE bulk (id bigint PRIMARY KEY, pad text)").await;
+    sql(&tgt, "CREATE TABLE bulk (id bigint PRIMARY KEY, pad text)").await;
+    sql(
+        &src,
+        "INSERT INTO bulk SELECT g, repeat('p', 200) FROM generate_series(1, 1500000) g",
+    )
+    .await;
+    ledger_and_workload(&mut src, &mut wl, 3).await;
+    let slot = unique_name("k9");
+    let mut s = Streamer::new(&yaml(
+        &source.superuser_url(&db),
+        &slot,
+        &[("only", target.superuser_url(&db))],
+        "apply: { copy_workers: 2 }\n",
+    ));
+    s.start();
+    // Kill as soon as some table is being copied.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let copying = simple_rows(
+            &tgt,
+            "SELECT count(*) FROM pgrelay.table_sync WHERE state = 'copying'",
+        )
+        .await
+        .ok()
+        .and_then(|r| r[0][0].clone());
+        if copying.as_deref().is_some_and(|c| c != "0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the copy never started:\n{}",
+            s.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.kill9();
+    // Writes while pgrelay is down, then restart: the copy resumes.
+    ledger_and_workload(&mut src, &mut wl, 2).await;
+    s.start();
+    wait_equal(&src, &tgt, Duration::from_secs(180), &s).await;
+    // Now kill twice mid-stream, under load.
+    for _ in 0..2 {
+        let load = async {
+            ledger_and_workload(&mut src, &mut wl, 10).await;
+        };
+        let kill = async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            s.kill9();
+        };
+        tokio::join!(load, kill);
+        s.start();
+    }
+    wait_equal(&src, &tgt, Duration::from_secs(120), &s).await;
+    let ledger = scalar(&tgt, "SELECT count(*) FROM ledger").await;
+    assert_eq!(ledger, scalar(&src, "SELECT count(*) FROM ledger").await);
+    assert!(s.sigterm().await.success(), "{}", s.logs());
+}
+
+/// A target restart, a source restart and a cut of every connection
+/// through a proxy, each mid-stream: the targets end equal with no
+/// operator action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_target_restart_source_restart_and_network_cuts() {
+    let mut source = logical(15);
+    let mut target = Cluster::start(16);
+    let db = unique_name("flt");
+    source.create_database(&db);
+    target.create_database(&db);
+    let mut src = source.connect(&db).await;
+    let mut wl = Workload::new(3, 2);
+    keyless_and_workload(&src, &wl).await;
+    keyless_and_workload(&target.connect(&db).await, &wl).await;
+    let proxy = FaultProxy::start(([127, 0, 0, 1], source.port()).into());
+    let via_proxy = format!("postgres://postgres@127.0.0.1:{}/{db}", proxy.port());
+    let slot = unique_name("flt");
+    let mut s = Streamer::new(&yaml(
+        &via_proxy,
+        &slot,
+        &[("t", target.superuser_url(&db))],
+        "apply: { max_retry_delay: 1s }\n",
+    ));
+    s.start();
+    ledger_and_workload(&mut src, &mut wl, 3).await;
+    wait_equal(
+        &src,
+        &target.connect(&db).await,
+        Duration::from_secs(60),
+        &s,
+    )
+    .await;
+
+    // Target restart mid-stream.
+    ledger_and_workload(&mut src, &mut wl, 3).await;
+    target.restart();
+    ledger_and_workload(&mut src, &mut wl, 3).await;
+    wait_equal(
+        &src,
+        &target.connect(&db).await,
+        Duration::from_secs(60),
+        &s,
+    )
+    .await;
+
+    // Network cut between pgrelay and the source.
+    ledger_and_workload(&mut src, &mut wl, 3).await;
+    proxy.cut_all();
+    ledger_and_workload(&mut src, &mut wl, 3).await;
+    wait_equal(
+        &src,
+        &target.connect(&db).await,
+        Duration::from_secs(60),
+        &s,
+    )
+    .await;
+
+    // Source restart.
+    source.restart();
+    let mut src = source.connect(&db).await;
+    ledger_and_workload(&mut src, &mut wl, 3).await;
+    wait_equal(
+        &src,
+        &target.connect(&db).await,
+        Duration::from_secs(90),
+        &s,
+    )
+    .await;
+    s.wait_caught_up(Duration::from_secs(60)).await;
+    assert!(s.sigterm().await.success(), "{}", s.logs());
+}
+
+/// One target down for a minute: the other keeps streaming (its lag keeps
+/// returning to zero), the down one's backlog spills to disk, `/health`
+/// answers 503 while it is down, and it catches up from the spill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_target_spills_while_the_other_keeps_up() {
+    let source = logical(15);
+    let up = Cluster::start(15);
+    let mut down = Cluster::start(17);
+    let db = unique_name("dn");
+    for c in [&source, &up, &down] {
+        c.create_database(&db);
+    }
+    let mut src = source.connect(&db).await;
+    let mut wl = Workload::new(5, 2);
+    for c in [&src, &up.connect(&db).await, &down.connect(&db).await] {
+        keyless_and_workload(c, &wl).await;
+    }
+    let slot = unique_name("dn");
+    let mut s = Streamer::new(&yaml(
+        &source.superuser_url(&db),
+        &slot,
+        &[
+            ("up", up.superuser_url(&db)),
+            ("down", down.superuser_url(&db)),
+        ],
+        "apply: { queue_memory: 256kB, max_retry_delay: 1s }\n",
+    ));
+    s.start();
+    let up_c = up.connect(&db).await;
+    wait_equal(&src, &up_c, Duration::from_secs(60), &s).await;
+    s.wait_caught_up(Duration::from_secs(30)).await;
+
+    down.stop();
+    let started = Instant::now();
+    let mut saw_503 = false;
+    let mut max_spilled = 0u64;
+    let mut up_caught_up = 0;
+    let mut max_up_lag_s = 0f64;
+    while started.elapsed() < Duration::from_secs(60) {
+        ledger_and_workload(&mut src, &mut wl, 2).await;
+        if let Some((code, h)) = s.health().await {
+            saw_503 |= code == 503;
+            for t in h["targets"].as_array().unwrap() {
+                if t["name"] == "down" {
+                    max_spilled = max_spilled.max(t["spilled_bytes"].as_u64().unwrap_or(0));
+                } else {
+                    if t["lag_bytes"] == 0 {
+                        up_caught_up += 1;
+                    }
+                    max_up_lag_s = max_up_lag_s.max(t["lag_seconds"].as_f64().unwrap_or(0.0));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("while down: max lag of the other target {max_up_lag_s:.3}s, spilled up to {max_spilled} bytes");
+    assert!(saw_503, "/health never said 503 while a target was down");
+    assert!(
+        max_spilled > 0,
+        "the down target's backlog never spilled:\n{}",
+        s.logs()
+    );
+    assert!(
+        up_caught_up > 0,
+        "the healthy target never caught up while the other was down"
+    );
+    wait_equal(&src, &up_c, Duration::from_secs(30), &s).await;
+    down.start_again();
+    wait_equal(&src, &down.connect(&db).await, Duration::from_secs(120), &s).await;
+    s.wait_caught_up(Duration::from_secs(60)).await;
+    assert_eq!(s.health().await.map(|h| h.0), Some(200));
+    assert!(s.sigterm().await.success(), "{}", s.logs());
+}
+
+/// `/metrics` is Prometheus text with the documented names, and lag
+/// converges to 0 once the load stops; `status` and `cleanup` work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_status_and_cleanup() {
+    let source = logical(17);
+    let target = Cluster::start(18);
+    let db = unique_name("met");
+    source.create_database(&db);
+    target.create_database(&db);
+    let mut src = source.connect(&db).await;
+    let tgt = target.connect(&db).await;
+    let mut wl = Workload::new(1, 2);
+    keyless_and_workload(&src, &wl).await;
+    keyless_and_workload(&tgt, &wl).await;
+    let slot = unique_name("met");
+    let mut s = Streamer::new(&yaml(
+        &source.superuser_url(&db),
+        &slot,
+        &[("east", target.superuser_url(&db))],
+        "",
+    ));
+    s.start();
+    ledger_and_workload(&mut src, &mut wl, 5).await;
+    wait_equal(&src, &tgt, Duration::from_secs(60), &s).await;
+    // Some of that may have come with the initial copy: stream more.
+    s.wait_caught_up(Duration::from_secs(30)).await;
+    ledger_and_workload(&mut src, &mut wl, 5).await;
+    wait_equal(&src, &tgt, Duration::from_secs(60), &s).await;
+    let wanted = [
+        "pgrelay_lag_bytes{target=\"east\"}",
+        "pgrelay_lag_seconds{target=\"east\"}",
+        "pgrelay_applied_transactions_total{target=\"east\"}",
+        "pgrelay_received_bytes_total",
+        "pgrelay_slot_retained_bytes",
+        "pgrelay_spilled_bytes{target=\"east\"}",
+    ];
+    // The exporter is refreshed once a second: poll until lag reads 0.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (text, names) = loop {
+        let (code, text) = s.http("/metrics").await.expect("/metrics");
+        assert_eq!(code, 200);
+        let names = parse_prometheus(&text);
+        let done = wanted.iter().all(|w| names.contains_key(*w))
+            && names[wanted[0]] == 0.0
+            && names[wanted[1]] == 0.0;
+        if done {
+            break (text, names);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never converged:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(names["pgrelay_lag_bytes{target=\"east\"}"], 0.0);
+    assert_eq!(names["pgrelay_lag_seconds{target=\"east\"}"], 0.0);
+    assert!(names.keys().any(|k| k.starts_with("pgrelay_applied_changes_total{") && k.contains("op=\"insert\"")), "{text}");
+    assert!(!text.contains("password") && !text.contains(&source.superuser_url(&db)));
+
+    let status = std::process::Command::new(PGRELAY)
+        .args(["status", "--json", "--config"])
+        .arg(&s.config)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(st["slot"]["active"], true);
+    assert_eq!(st["targets"][0]["state"], "streaming");
+    assert_eq!(st["targets"][0]["lag_bytes"], 0);
+
+    // cleanup refuses while streaming, then removes everything.
+    let out = std::process::Command::new(PGRELAY)
+        .args(["cleanup", "--yes", "--config"])
+        .arg(&s.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop `pgrelay stream` first"));
+    assert!(s.sigterm().await.success(), "{}", s.logs());
+    let out = std::process::Command::new(PGRELAY)
+        .args(["cleanup", "--yes", "--config"])
+        .arg(&s.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        scalar(
+            &src,
+            &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'")
+        )
+        .await,
+        "0"
+    );
+    assert_eq!(
+        scalar(
+            &src,
+            &format!("SELECT count(*) FROM pg_publication WHERE pubname = '{slot}'")
+        )
+        .await,
+        "0"
+    );
+    assert_eq!(
+        scalar(
+            &tgt,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgrelay'"
+        )
+        .await,
+        "0"
+    );
+}
+
+/// Parses Prometheus text exposition, failing on any malformed line.
+fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut names = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(c) = line.strip_prefix('#') {
+            assert!(
+                c.starts_with(" HELP ") || c.starts_with(" TYPE "),
+                "bad comment {line:?}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        let labels = &series[name.len()..];
+        assert!(
+            labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+            "bad labels in {line:?}"
+        );
+        names.insert(series.to_owned(), value);
+    }
+    names
+}
+
+/// Preflight reports every problem at once, each with its fix, exit 1,
+/// before creating anything; a bad config key exits 2 naming the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_reports_every_problem_and_bad_config_exits_2() {
+    let source = logical(15);
+    let target = Cluster::start(16);
+    let db = unique_name("pf");
+    source.create_database(&db);
+    target.create_database(&db);
+    let src = source.connect(&db).await;
+    let tgt = target.connect(&db).await;
+    sql(
+        &src,
+        "CREATE TABLE present (id int PRIMARY KEY, a text, b int);
+               CREATE TABLE absent (id int PRIMARY KEY);
+               CREATE TABLE nokey (v text)",
+    )
+    .await;
+    sql(
+        &tgt,
+        "CREATE TABLE present (id int PRIMARY KEY, b text); CREATE TABLE nokey (v text)",
+    )
+    .await;
+    let slot = unique_name("pf");
+    let s = Streamer::new(&yaml(
+        &source.superuser_url(&db),
+        &slot,
+        &[("t", target.superuser_url(&db))],
+        "",
+    ));
+    let out = std::process::Command::new(PGRELAY)
+        .args(["stream", "--config"])
+        .arg(&s.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for want in ["absent", "column a", "nokey", "REPLICA IDENTITY FULL"] {
+        assert!(err.contains(want), "{want:?} not reported:\n{err}");
+    }
+    assert!(
+        err.contains("column b is integer"),
+        "type mismatch of b not reported:\n{err}"
+    );
+    assert_eq!(
+        scalar(
+            &src,
+            &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'")
+        )
+        .await,
+        "0"
+    );
+
+    std::fs::write(
+        &s.config,
+        "source: { url: \"host=x\" }\ntargets:\n  - { name: a, url: \"host=y\", urll: 1 }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(PGRELAY)
+        .args(["stream", "--config"])
+        .arg(&s.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("line 3") && err.contains("targets[0].urll"),
+        "{err}"
+    );
+}
+
+/// Every supported source major streams to a target (protocol 1–4).
+async fn smoke(major: u32) {
+    let source = logical(major);
+    let target = Cluster::start(if major == 16 { 17 } else { 16 });
+    let db = unique_name("sm");
+    source.create_database(&db);
+    target.create_database(&db);
+    let mut src = source.connect(&db).await;
+    let tgt = target.connect(&db).await;
+    let mut wl = Workload::new(major as u64, 2);
+    keyless_and_workload(&src, &wl).await;
+    keyless_and_workload(&tgt, &wl).await;
+    ledger_and_workload(&mut src, &mut wl, 2).await;
+    let slot = unique_name("sm");
+    let mut s = Streamer::new(&yaml(
+        &source.superuser_url(&db),
+        &slot,
+        &[("t", target.superuser_url(&db))],
+        "",
+    ));
+    s.start();
+    ledger_and_workload(&mut src, &mut wl, 5).await;
+    // A transaction larger than logical_decoding_work_mem: streamed in
+    // progress where the protocol allows.
+    sql(
+        &src,
+        "INSERT INTO ledger SELECT 'bulk', g FROM generate_series(1, 20000) g",
+    )
+    .await;
+    wait_equal(&src, &tgt, Duration::from_secs(90), &s).await;
+    assert!(s.sigterm().await.success(), "{}", s.logs());
+}
+
+pgrelay_testkit::per_major!(every_source_major, smoke);

@@ -114,6 +114,20 @@ fn main() {
         }
     });
     if let Err(e) = result {
+        // Preflight problems: one line each, so every fix is readable.
+        if let Some(pgrelay_stream::StreamError::Preflight(problems)) = e
+            .chain()
+            .find_map(|c| c.downcast_ref::<pgrelay_stream::StreamError>())
+        {
+            eprintln!(
+                "pgrelay: {} problem(s) must be fixed before streaming:",
+                problems.len()
+            );
+            for p in problems {
+                eprintln!("  - {p}");
+            }
+            std::process::exit(1);
+        }
         let code = if tail::is_usage_error(&e) || stream::is_usage_error(&e) {
             2
         } else {

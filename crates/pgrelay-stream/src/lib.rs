@@ -110,6 +110,7 @@ impl Pipeline {
             let _ = stop_tx.send(true);
         });
         let state = &self.state;
+        state.register_metrics();
         // Metrics follow the state once a second for the whole run.
         let ticker = {
             let state = state.clone();

@@ -311,7 +311,14 @@ impl SourceReader {
             }
             let mut warned = false;
             loop {
-                let pushed = t.log.lock().expect("log lock").push(event);
+                let pushed = {
+                    let mut log = t.log.lock().expect("log lock");
+                    let r = log.push(event);
+                    if matches!(r, Ok(crate::log::Pushed::Disk)) {
+                        t.state.set_spilled(log.disk_bytes());
+                    }
+                    r
+                };
                 match pushed {
                     Ok(_) => break,
                     Err(SpillError::BudgetExceeded { budget, used }) => {

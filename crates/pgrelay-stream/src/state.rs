@@ -248,6 +248,20 @@ impl PipelineState {
             .unwrap_or(Lsn::INVALID)
     }
 
+    /// Makes every series exist from the start (at zero), so dashboards
+    /// and alerts see them before the first change flows.
+    pub fn register_metrics(&self) {
+        metrics::counter!("pgrelay_received_bytes_total").increment(0);
+        for t in &self.targets {
+            metrics::counter!("pgrelay_applied_transactions_total", "target" => t.name.clone())
+                .increment(0);
+            for op in ["insert", "update", "delete", "truncate"] {
+                metrics::counter!("pgrelay_applied_changes_total", "target" => t.name.clone(), "op" => op)
+                    .increment(0);
+            }
+        }
+    }
+
     /// Updates the Prometheus gauges.
     pub fn export_metrics(&self) {
         let wal_end = self.wal_end();

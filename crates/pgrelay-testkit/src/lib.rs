@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod compare;
+pub mod fixtures;
 pub mod install;
 pub mod proxy;
 pub mod tls;

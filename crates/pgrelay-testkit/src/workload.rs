@@ -41,6 +41,13 @@ impl Cluster {
     /// `pgbench -c clients -t transactions` (TPC-B-like, each client runs
     /// `transactions` transactions).
     pub fn pgbench_run(&self, db: &str, clients: u32, transactions: u32) {
+        run_pgbench(self.pgbench_command(db, clients, transactions));
+    }
+
+    /// The command [`Cluster::pgbench_run`] runs, to start it in the
+    /// background (`tokio::process::Command::from(cmd).output()`) while a
+    /// test does other things.
+    pub fn pgbench_command(&self, db: &str, clients: u32, transactions: u32) -> Command {
         let mut c = self.pgbench(db);
         c.args([
             "-n",
@@ -49,7 +56,7 @@ impl Cluster {
             "-t",
             &transactions.to_string(),
         ]);
-        run_pgbench(c);
+        c
     }
 }
 
