@@ -6,6 +6,7 @@
 //! runtime failure, 2 bad arguments or an unreachable server (clap's own
 //! usage errors exit 2 as well). Errors print as one line saying what to fix.
 
+mod demo;
 mod http;
 mod sqlconn;
 mod stream;
@@ -31,6 +32,8 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Try it: throwaway source and two targets of other majors, live workload, lag, verify.
+    Demo(demo::DemoArgs),
     /// Copy, then stream changes to every target (exactly once), with lag metrics.
     Stream(stream::StreamArgs),
     /// Show the slot, and each target's applied position, lag and state.
@@ -109,6 +112,7 @@ fn main() {
         match cli.command {
             Command::Tail(args) => tail::run(args, shutdown_signal()).await,
             Command::Stream(args) => stream::run(args, shutdown_signal()).await,
+            Command::Demo(args) => demo::run(args, shutdown_signal()).await,
             Command::Status(args) => stream::status(args, shutdown_signal()).await,
             Command::Cleanup(args) => stream::cleanup(args).await,
         }
