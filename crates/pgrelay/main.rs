@@ -8,8 +8,10 @@
 
 #[allow(dead_code)] // wired by `stream`, `native run` and `replica monitor`
 mod http;
+mod replica;
 mod sqlconn;
 mod tail;
+mod users;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +35,10 @@ enum LogFormat {
 enum Command {
     /// Print the logical change stream as JSON lines.
     Tail(tail::TailArgs),
+    /// Physical streaming replicas: create, status, monitor, sync mode, promote, switchover.
+    Replica(replica::ReplicaArgs),
+    /// Application roles on the primary: create, list, drop.
+    Users(users::UsersArgs),
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
@@ -100,6 +106,8 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Tail(args) => tail::run(args, shutdown_signal()).await,
+            Command::Replica(args) => replica::run(args, shutdown_signal()).await,
+            Command::Users(args) => users::run(args).await,
         }
     });
     if let Err(e) = result {
