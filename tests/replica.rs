@@ -191,7 +191,7 @@ async fn standby_lifecycle(major: u32, tls: bool, promote_by_pgdata: bool) {
     let name = unique_name("standby");
     let out = pgrelay_ok(&[
         "replica", "create", "--primary", &repl_url, "--pgdata", standby.pgdata(), "--name",
-        &name, "--start", "--port", &port,
+        &name, "--start", "--port", &port, "--timeout", "90s",
     ])
     .await;
     assert!(out.contains("streaming"), "{out}");

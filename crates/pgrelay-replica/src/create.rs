@@ -192,27 +192,44 @@ pub async fn check_primary(config: &Config, client: &Client, slot: &str) -> Resu
 }
 
 /// Waits until `pg_stat_replication` on `client`'s server shows `name`
-/// streaming.
-pub async fn wait_streaming(client: &Client, name: &str, timeout: Duration) -> Result<()> {
+/// streaming. A role without `pg_read_all_stats` (e.g. a plain REPLICATION
+/// role) sees only NULL states there; then a connected walsender for
+/// `name` whose slot `slot` is active counts as streaming.
+pub async fn wait_streaming(
+    client: &Client,
+    name: &str,
+    slot: Option<&str>,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let state: Option<String> = client
+        let row = client
             .query_opt(
-                "SELECT state FROM pg_stat_replication WHERE lower(application_name) = lower($1) \
-                 ORDER BY state = 'streaming' DESC LIMIT 1",
-                &[&name],
+                "SELECT r.state, coalesce((SELECT active FROM pg_replication_slots \
+                                           WHERE slot_name = $2), false) \
+                 FROM pg_stat_replication r WHERE lower(r.application_name) = lower($1) \
+                 ORDER BY r.state = 'streaming' DESC NULLS LAST LIMIT 1",
+                &[&name, &slot.unwrap_or("")],
             )
             .await
-            .map_err(|e| ReplicaError::sql("reading pg_stat_replication", &e))?
-            .map(|r| r.get(0));
-        if state.as_deref() == Some("streaming") {
+            .map_err(|e| ReplicaError::sql("reading pg_stat_replication", &e))?;
+        let (state, slot_active) = match &row {
+            Some(r) => (r.get::<_, Option<String>>(0), r.get::<_, bool>(1)),
+            None => (None, false),
+        };
+        if state.as_deref() == Some("streaming") || (row.is_some() && state.is_none() && slot_active)
+        {
             return Ok(());
         }
         if Instant::now() > deadline {
             return Err(ReplicaError::Timeout(format!(
                 "standby {name} is not streaming after {} s (state: {}); see its server log",
                 timeout.as_secs(),
-                state.as_deref().unwrap_or("not connected")
+                match (&row, state) {
+                    (None, _) => "not connected".to_string(),
+                    (Some(_), Some(s)) => s,
+                    (Some(_), None) => "connected, slot not active".to_string(),
+                }
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -367,7 +384,7 @@ pub async fn create_standby(
             .unwrap_or_else(|| pgdata.join("pgrelay-server.log"));
         progress(&format!("starting the standby (log: {})", log.display()));
         ctl.start(&log, opts.wait_timeout).await?;
-        wait_streaming(&client, &opts.name, opts.wait_timeout).await?;
+        wait_streaming(&client, &opts.name, Some(&opts.slot), opts.wait_timeout).await?;
         progress(&format!("standby {} is streaming", opts.name));
         created.started = true;
         created.log_file = Some(log);

@@ -198,6 +198,13 @@ pub async fn replication_status(
             }
         })
         .collect();
+    if standbys.iter().any(|s| s.state.is_empty()) {
+        warnings.push(
+            "standby details are hidden from this role: connect as a superuser or a member of \
+             pg_monitor (pg_read_all_stats) to see states and lag"
+                .into(),
+        );
+    }
     let mut configured: Vec<String> = expect.to_vec();
     for n in SyncNames::parse(&sync_names).names {
         if n != "*" && !configured.iter().any(|c| c.eq_ignore_ascii_case(&n)) {

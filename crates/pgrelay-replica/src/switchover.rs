@@ -219,7 +219,7 @@ pub async fn switchover(
             )
         })?,
     };
-    crate::create::wait_streaming(&pc, &standby_name, Duration::from_secs(5))
+    crate::create::wait_streaming(&pc, &standby_name, None, Duration::from_secs(5))
         .await
         .map_err(|_| {
             ReplicaError::Precondition(format!(
@@ -380,7 +380,7 @@ pub async fn switchover(
     )
     .map_err(after_error)?;
     old_ctl.start(&log, opts.timeout).await.map_err(after_error)?;
-    wait_streaming(&sc, &opts.old_primary_name, opts.timeout)
+    wait_streaming(&sc, &opts.old_primary_name, Some(&opts.old_primary_name), opts.timeout)
         .await
         .map_err(after_error)?;
     progress(&format!(
