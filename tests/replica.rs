@@ -391,6 +391,7 @@ async fn planned_switchover_loses_nothing() {
     ])
     .await;
     let report: Json = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    eprintln!("switchover report: {report}");
     assert!(report["write_downtime_ms"].is_u64(), "{report}");
     assert_eq!(report["new_primary"], name.as_str());
     assert_eq!(report["rewound"], false, "{report}");
