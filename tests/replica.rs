@@ -251,6 +251,8 @@ async fn standby_lifecycle(major: u32, tls: bool, promote_by_pgdata: bool) {
     let json = status_json(&String::from_utf8_lossy(&missing.stdout));
     assert_eq!(json["missing"][0], "ghost", "{json}");
 
+    monitor_exports(&su, &name).await;
+
     // Synchronous mode: with the standby down, a commit waits for it.
     let out = pgrelay_ok(&["replica", "sync-mode", "--primary", &su, "--on", "--standby", &name]).await;
     assert!(out.contains(&format!("\"{name}\"")), "{out}");
@@ -340,6 +342,68 @@ async fn refused_replication_prints_the_pg_hba_line() {
         "nothing is created when the check fails"
     );
     assert!(!standby.pgdata.exists());
+}
+
+async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to monitor");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// `replica monitor`: /metrics carries the standby's lag and its slot's
+/// retention, /health is 200 with the status document, SIGTERM ends it.
+async fn monitor_exports(primary: &str, standby: &str) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = Command::new(PGRELAY)
+        .args(["replica", "monitor", "--primary", primary, "--listen", "127.0.0.1:0"])
+        .args(["--interval", "200ms", "--expect", standby])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run monitor");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("monitor announces its address")
+            .unwrap()
+            .expect("monitor exited early");
+        if let Some(rest) = line.split("http://").nth(1) {
+            break rest.split('/').next().unwrap().to_string();
+        }
+    };
+    let lag = format!("pgrelay_replica_lag_bytes{{standby=\"{standby}\"}}");
+    let slot = format!("pgrelay_slot_retained_bytes{{slot=\"{standby}\"}}");
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = http_get(&addr, "/metrics").await.1;
+        if metrics.contains(&lag) && metrics.contains(&slot) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metrics.contains(&lag), "{metrics}");
+    assert!(metrics.contains(&slot), "{metrics}");
+    assert!(metrics.contains(&format!("pgrelay_replica_lag_seconds{{standby=\"{standby}\"}}")), "{metrics}");
+    let (status, body) = http_get(&addr, "/health").await;
+    assert_eq!(status, 200, "{body}");
+    let health: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["healthy"], true, "{health}");
+    assert!(!body.contains(TEST_PASSWORD));
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("monitor stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
 }
 
 fn path(p: &Path) -> &str {
