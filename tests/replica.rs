@@ -42,7 +42,11 @@ fn text(out: &Output) -> String {
 
 async fn pgrelay_ok(args: &[&str]) -> String {
     let out = pgrelay(args).await;
-    assert!(out.status.success(), "pgrelay {args:?} failed: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "pgrelay {args:?} failed: {}",
+        text(&out)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -190,8 +194,19 @@ async fn standby_lifecycle(major: u32, tls: bool, promote_by_pgdata: bool) {
     }
     let name = unique_name("standby");
     let out = pgrelay_ok(&[
-        "replica", "create", "--primary", &repl_url, "--pgdata", standby.pgdata(), "--name",
-        &name, "--start", "--port", &port, "--timeout", "90s",
+        "replica",
+        "create",
+        "--primary",
+        &repl_url,
+        "--pgdata",
+        standby.pgdata(),
+        "--name",
+        &name,
+        "--start",
+        "--port",
+        &port,
+        "--timeout",
+        "90s",
     ])
     .await;
     assert!(out.contains("streaming"), "{out}");
@@ -199,12 +214,21 @@ async fn standby_lifecycle(major: u32, tls: bool, promote_by_pgdata: bool) {
     assert!(!out.contains(TEST_PASSWORD));
     let auto = std::fs::read_to_string(standby.pgdata.join("postgresql.auto.conf")).unwrap();
     assert!(auto.contains(&format!("application_name={name}")), "{auto}");
-    assert!(auto.contains(&format!("primary_slot_name = '{name}'")), "{auto}");
+    assert!(
+        auto.contains(&format!("primary_slot_name = '{name}'")),
+        "{auto}"
+    );
     assert!(standby.pgdata.join("standby.signal").exists());
 
     let s = standby.conninfo();
-    assert_eq!(scalar(&s, "SELECT pg_is_in_recovery()").await.as_deref(), Some("t"));
-    assert_eq!(scalar(&s, "SELECT count(*) FROM items").await.as_deref(), Some("1000"));
+    assert_eq!(
+        scalar(&s, "SELECT pg_is_in_recovery()").await.as_deref(),
+        Some("t")
+    );
+    assert_eq!(
+        scalar(&s, "SELECT count(*) FROM items").await.as_deref(),
+        Some("1000")
+    );
     primary.execute_blocking("postgres", "INSERT INTO items VALUES (1001, 'new')");
     wait_for(&s, "SELECT count(*) FROM items", "1001").await;
     let client = connect_plain(&s).await.unwrap();
@@ -221,12 +245,25 @@ async fn standby_lifecycle(major: u32, tls: bool, promote_by_pgdata: bool) {
                  WHERE r.application_name = '{name}'"
             ),
         );
-        assert_eq!(ssl.as_deref(), Some("t"), "the standby must stream over TLS");
+        assert_eq!(
+            ssl.as_deref(),
+            Some("t"),
+            "the standby must stream over TLS"
+        );
     }
 
     // status: the standby streams with (near) zero lag.
     let json = status_json(
-        &pgrelay_ok(&["replica", "status", "--primary", &su, "--json", "--expect", &name]).await,
+        &pgrelay_ok(&[
+            "replica",
+            "status",
+            "--primary",
+            &su,
+            "--json",
+            "--expect",
+            &name,
+        ])
+        .await,
     );
     let st = json["standbys"]
         .as_array()
@@ -245,8 +282,20 @@ async fn standby_lifecycle(major: u32, tls: bool, promote_by_pgdata: bool) {
     assert_eq!(slot["active"], true, "{json}");
     assert_eq!(json["healthy"], true);
     let text_out = pgrelay_ok(&["replica", "status", "--primary", &su]).await;
-    assert!(text_out.contains(&name) && text_out.contains("streaming"), "{text_out}");
-    let missing = pgrelay(&["replica", "status", "--primary", &su, "--json", "--expect", "ghost"]).await;
+    assert!(
+        text_out.contains(&name) && text_out.contains("streaming"),
+        "{text_out}"
+    );
+    let missing = pgrelay(&[
+        "replica",
+        "status",
+        "--primary",
+        &su,
+        "--json",
+        "--expect",
+        "ghost",
+    ])
+    .await;
     assert_eq!(missing.status.code(), Some(1), "{}", text(&missing));
     let json = status_json(&String::from_utf8_lossy(&missing.stdout));
     assert_eq!(json["missing"][0], "ghost", "{json}");
@@ -254,7 +303,16 @@ async fn standby_lifecycle(major: u32, tls: bool, promote_by_pgdata: bool) {
     monitor_exports(&su, &name).await;
 
     // Synchronous mode: with the standby down, a commit waits for it.
-    let out = pgrelay_ok(&["replica", "sync-mode", "--primary", &su, "--on", "--standby", &name]).await;
+    let out = pgrelay_ok(&[
+        "replica",
+        "sync-mode",
+        "--primary",
+        &su,
+        "--on",
+        "--standby",
+        &name,
+    ])
+    .await;
     assert!(out.contains(&format!("\"{name}\"")), "{out}");
     wait_for(
         &primary.conninfo("postgres", "postgres"),
@@ -262,7 +320,10 @@ async fn standby_lifecycle(major: u32, tls: bool, promote_by_pgdata: bool) {
         "sync",
     )
     .await;
-    primary.execute_blocking("postgres", "INSERT INTO items VALUES (2001, 'sync, standby up')");
+    primary.execute_blocking(
+        "postgres",
+        "INSERT INTO items VALUES (2001, 'sync, standby up')",
+    );
     standby.pg_ctl(&["-m", "fast", "-w", "stop"]);
     let writer = primary.connect("postgres").await;
     let mut commit = tokio::spawn(async move {
@@ -271,13 +332,20 @@ async fn standby_lifecycle(major: u32, tls: bool, promote_by_pgdata: bool) {
             .await
     });
     assert!(
-        tokio::time::timeout(Duration::from_secs(3), &mut commit).await.is_err(),
+        tokio::time::timeout(Duration::from_secs(3), &mut commit)
+            .await
+            .is_err(),
         "a synchronous commit returned while the only synchronous standby was down"
     );
     // Down, status exits 1: a synchronous standby is a configured one.
     let down = pgrelay(&["replica", "status", "--primary", &su]).await;
     assert_eq!(down.status.code(), Some(1), "{}", text(&down));
-    standby.pg_ctl(&["-l", standby.pgdata.join("pgrelay-server.log").to_str().unwrap(), "-w", "start"]);
+    standby.pg_ctl(&[
+        "-l",
+        standby.pgdata.join("pgrelay-server.log").to_str().unwrap(),
+        "-w",
+        "start",
+    ]);
     tokio::time::timeout(Duration::from_secs(120), commit)
         .await
         .expect("the commit returns once the standby is back")
@@ -294,7 +362,10 @@ async fn standby_lifecycle(major: u32, tls: bool, promote_by_pgdata: bool) {
         let url = format!("postgres://postgres@127.0.0.1:{}/postgres", standby.port);
         pgrelay_ok(&["replica", "promote", "--standby", &url]).await;
     }
-    assert_eq!(scalar(&s, "SELECT pg_is_in_recovery()").await.as_deref(), Some("f"));
+    assert_eq!(
+        scalar(&s, "SELECT pg_is_in_recovery()").await.as_deref(),
+        Some("f")
+    );
     let client = connect_plain(&s).await.unwrap();
     client
         .batch_execute("INSERT INTO items VALUES (3001, 'written on the promoted standby')")
@@ -324,20 +395,36 @@ async fn refused_replication_prints_the_pg_hba_line() {
         return;
     }
     let primary = Cluster::builder(15)
-        .hba_line(&format!("host replication {REPLICATION_ROLE} 127.0.0.1/32 reject"))
+        .hba_line(&format!(
+            "host replication {REPLICATION_ROLE} 127.0.0.1/32 reject"
+        ))
         .start();
     let standby = StandbyDir::new(15);
     let url = primary.url(REPLICATION_ROLE, "postgres");
-    let out = pgrelay(&["replica", "create", "--primary", &url, "--pgdata", standby.pgdata(), "--name", "refused"]).await;
+    let out = pgrelay(&[
+        "replica",
+        "create",
+        "--primary",
+        &url,
+        "--pgdata",
+        standby.pgdata(),
+        "--name",
+        "refused",
+    ])
+    .await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("host replication {REPLICATION_ROLE} 127.0.0.1/32 scram-sha-256")),
+        err.contains(&format!(
+            "host replication {REPLICATION_ROLE} 127.0.0.1/32 scram-sha-256"
+        )),
         "{err}"
     );
     assert!(!err.contains(TEST_PASSWORD), "{err}");
     assert_eq!(
-        primary.scalar_blocking("postgres", "SELECT count(*) FROM pg_replication_slots").as_deref(),
+        primary
+            .scalar_blocking("postgres", "SELECT count(*) FROM pg_replication_slots")
+            .as_deref(),
         Some("0"),
         "nothing is created when the check fails"
     );
@@ -346,14 +433,19 @@ async fn refused_replication_prints_the_pg_hba_line() {
 
 async fn http_get(addr: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to monitor");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to monitor");
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
     let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -362,7 +454,14 @@ async fn http_get(addr: &str, path: &str) -> (u16, String) {
 async fn monitor_exports(primary: &str, standby: &str) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut child = Command::new(PGRELAY)
-        .args(["replica", "monitor", "--primary", primary, "--listen", "127.0.0.1:0"])
+        .args([
+            "replica",
+            "monitor",
+            "--primary",
+            primary,
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .args(["--interval", "200ms", "--expect", standby])
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -391,7 +490,12 @@ async fn monitor_exports(primary: &str, standby: &str) {
     }
     assert!(metrics.contains(&lag), "{metrics}");
     assert!(metrics.contains(&slot), "{metrics}");
-    assert!(metrics.contains(&format!("pgrelay_replica_lag_seconds{{standby=\"{standby}\"}}")), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "pgrelay_replica_lag_seconds{{standby=\"{standby}\"}}"
+        )),
+        "{metrics}"
+    );
     let (status, body) = http_get(&addr, "/health").await;
     assert_eq!(status, 200, "{body}");
     let health: Json = serde_json::from_str(&body).unwrap();
@@ -424,8 +528,18 @@ async fn planned_switchover_loses_nothing() {
     let standby = StandbyDir::new(15);
     let name = unique_name("sw");
     pgrelay_ok(&[
-        "replica", "create", "--primary", &su, "--pgdata", standby.pgdata(), "--name", &name,
-        "--start", "--sync", "--port", &standby.port.to_string(),
+        "replica",
+        "create",
+        "--primary",
+        &su,
+        "--pgdata",
+        standby.pgdata(),
+        "--name",
+        &name,
+        "--start",
+        "--sync",
+        "--port",
+        &standby.port.to_string(),
     ])
     .await;
 
@@ -435,7 +549,10 @@ async fn planned_switchover_loses_nothing() {
     let committed = tokio::spawn(async move {
         let mut ok = Vec::new();
         for id in 1i64.. {
-            match writer.execute("INSERT INTO ledger (id) VALUES ($1)", &[&id]).await {
+            match writer
+                .execute("INSERT INTO ledger (id) VALUES ($1)", &[&id])
+                .await
+            {
                 Ok(_) => ok.push(id),
                 Err(_) => break,
             }
@@ -449,9 +566,19 @@ async fn planned_switchover_loses_nothing() {
     let standby_url = format!("postgres://postgres@127.0.0.1:{}/postgres", standby.port);
     let old_name = unique_name("former");
     let out = pgrelay_ok(&[
-        "replica", "switchover", "--primary", &su, "--primary-pgdata", path(primary.data_dir()),
-        "--standby", &standby_url, "--standby-pgdata", standby.pgdata(), "--new-standby-name",
-        &old_name, "--json",
+        "replica",
+        "switchover",
+        "--primary",
+        &su,
+        "--primary-pgdata",
+        path(primary.data_dir()),
+        "--standby",
+        &standby_url,
+        "--standby-pgdata",
+        standby.pgdata(),
+        "--new-standby-name",
+        &old_name,
+        "--json",
     ])
     .await;
     let report: Json = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
@@ -459,14 +586,31 @@ async fn planned_switchover_loses_nothing() {
     assert!(report["write_downtime_ms"].is_u64(), "{report}");
     assert_eq!(report["new_primary"], name.as_str());
     assert_eq!(report["rewound"], false, "{report}");
-    assert_eq!(report["synchronous_standby_names"], format!("\"{old_name}\""));
+    assert_eq!(
+        report["synchronous_standby_names"],
+        format!("\"{old_name}\"")
+    );
     let committed = committed.await.unwrap();
-    assert!(committed.len() > 10, "the writer committed only {}", committed.len());
+    assert!(
+        committed.len() > 10,
+        "the writer committed only {}",
+        committed.len()
+    );
 
     let new_primary = standby.conninfo();
     let old_primary = primary.conninfo("postgres", "postgres");
-    assert_eq!(scalar(&new_primary, "SELECT pg_is_in_recovery()").await.as_deref(), Some("f"));
-    assert_eq!(scalar(&old_primary, "SELECT pg_is_in_recovery()").await.as_deref(), Some("t"));
+    assert_eq!(
+        scalar(&new_primary, "SELECT pg_is_in_recovery()")
+            .await
+            .as_deref(),
+        Some("f")
+    );
+    assert_eq!(
+        scalar(&old_primary, "SELECT pg_is_in_recovery()")
+            .await
+            .as_deref(),
+        Some("t")
+    );
     let client = connect_plain(&new_primary).await.unwrap();
     let present: Vec<i64> = client
         .query("SELECT id FROM ledger ORDER BY id", &[])
@@ -475,8 +619,14 @@ async fn planned_switchover_loses_nothing() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let missing: Vec<&i64> = committed.iter().filter(|id| present.binary_search(id).is_err()).collect();
-    assert!(missing.is_empty(), "committed rows lost in the switchover: {missing:?}");
+    let missing: Vec<&i64> = committed
+        .iter()
+        .filter(|id| present.binary_search(id).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "committed rows lost in the switchover: {missing:?}"
+    );
     // The old primary streams from the new one (synchronously) and sees new writes.
     let state = scalar(
         &new_primary,
@@ -491,7 +641,13 @@ async fn planned_switchover_loses_nothing() {
         .batch_execute("INSERT INTO ledger (id) VALUES (-1)")
         .await
         .unwrap();
-    wait_for(&old_primary, "SELECT count(*) FROM ledger WHERE id = -1", "1").await;
-    let json = status_json(&pgrelay_ok(&["replica", "status", "--primary", &standby_url, "--json"]).await);
+    wait_for(
+        &old_primary,
+        "SELECT count(*) FROM ledger WHERE id = -1",
+        "1",
+    )
+    .await;
+    let json =
+        status_json(&pgrelay_ok(&["replica", "status", "--primary", &standby_url, "--json"]).await);
     assert_eq!(json["healthy"], true, "{json}");
 }

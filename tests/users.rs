@@ -64,10 +64,27 @@ async fn roles_log_in_with_scram_and_drops_explain_themselves() {
         .start();
     let su = cluster.superuser_url("postgres");
 
-    let out = users(&["create", "app_gen", "--schema", "app_gen", "--generate", "--primary", &su], None).await;
+    let out = users(
+        &[
+            "create",
+            "app_gen",
+            "--schema",
+            "app_gen",
+            "--generate",
+            "--primary",
+            &su,
+        ],
+        None,
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out));
     let generated = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert_eq!(generated.len(), 24, "stdout is the password alone: {}", text(&out));
+    assert_eq!(
+        generated.len(),
+        24,
+        "stdout is the password alone: {}",
+        text(&out)
+    );
     let client = connect_plain(&login(&cluster, "app_gen", &generated))
         .await
         .expect("the generated password logs in");
@@ -76,7 +93,9 @@ async fn roles_log_in_with_scram_and_drops_explain_themselves() {
         .await
         .expect("the role owns its schema");
     assert!(
-        connect_plain(&login(&cluster, "app_gen", "wrong-password")).await.is_err(),
+        connect_plain(&login(&cluster, "app_gen", "wrong-password"))
+            .await
+            .is_err(),
         "a wrong password must not log in"
     );
 
@@ -114,8 +133,14 @@ async fn roles_log_in_with_scram_and_drops_explain_themselves() {
         assert!(stored.starts_with("SCRAM-SHA-256$4096:"), "{stored}");
     }
     let log = cluster.log();
-    assert!(log.contains("CREATE ROLE"), "log_statement = all logs the DDL");
-    assert!(!log.contains(&generated) && !log.contains("pässword"), "clear text in the server log");
+    assert!(
+        log.contains("CREATE ROLE"),
+        "log_statement = all logs the DDL"
+    );
+    assert!(
+        !log.contains(&generated) && !log.contains("pässword"),
+        "clear text in the server log"
+    );
 
     let out = users(&["list", "--json", "--primary", &su], None).await;
     assert!(out.status.success(), "{}", text(&out));
@@ -130,20 +155,39 @@ async fn roles_log_in_with_scram_and_drops_explain_themselves() {
     assert_eq!(gen["login"], true);
     assert_eq!(gen["schemas"][0], "app_gen");
     let out = users(&["list", "--primary", &su], None).await;
-    assert!(String::from_utf8_lossy(&out.stdout).contains("app_stdin"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("app_stdin"),
+        "{}",
+        text(&out)
+    );
 
     // A role owning a table: explained, nothing changed.
     let out = users(&["drop", "app_gen", "--primary", &su], None).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    for needle in ["app_gen.orders", "--reassign-to", "--drop-owned", "--drop-schema", "Nothing was changed"] {
+    for needle in [
+        "app_gen.orders",
+        "--reassign-to",
+        "--drop-owned",
+        "--drop-schema",
+        "Nothing was changed",
+    ] {
         assert!(err.contains(needle), "missing {needle:?} in: {err}");
     }
     assert_eq!(
-        cluster.scalar_blocking("postgres", "SELECT count(*) FROM pg_roles WHERE rolname = 'app_gen'").as_deref(),
+        cluster
+            .scalar_blocking(
+                "postgres",
+                "SELECT count(*) FROM pg_roles WHERE rolname = 'app_gen'"
+            )
+            .as_deref(),
         Some("1")
     );
-    let out = users(&["drop", "app_gen", "--drop-schema", "--primary", &su], None).await;
+    let out = users(
+        &["drop", "app_gen", "--drop-schema", "--primary", &su],
+        None,
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         cluster
@@ -156,7 +200,18 @@ async fn roles_log_in_with_scram_and_drops_explain_themselves() {
         Some("0")
     );
     // --reassign-to keeps the table, owned by someone else.
-    let out = users(&["drop", "app_stdin", "--reassign-to", "postgres", "--primary", &su], None).await;
+    let out = users(
+        &[
+            "drop",
+            "app_stdin",
+            "--reassign-to",
+            "postgres",
+            "--primary",
+            &su,
+        ],
+        None,
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         cluster

@@ -299,14 +299,18 @@ pub async fn run(
 
 async fn run_create(a: CreateArgs) -> anyhow::Result<()> {
     let primary = config(&a.primary, "--primary")?;
-    let name = a.name.clone().or_else(|| a.slot.clone()).unwrap_or_else(|| {
-        let base = a
-            .pgdata
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        pgrelay_replica::quote::slot_name_from(&base)
-    });
+    let name = a
+        .name
+        .clone()
+        .or_else(|| a.slot.clone())
+        .unwrap_or_else(|| {
+            let base = a
+                .pgdata
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            pgrelay_replica::quote::slot_name_from(&base)
+        });
     let slot = a
         .slot
         .clone()

@@ -163,10 +163,22 @@ pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
                 rows.push([
                     r.name,
                     r.login.to_string(),
-                    if attrs.is_empty() { "-".into() } else { attrs.join(",") },
+                    if attrs.is_empty() {
+                        "-".into()
+                    } else {
+                        attrs.join(",")
+                    },
                     r.password,
-                    if r.member_of.is_empty() { "-".into() } else { r.member_of.join(",") },
-                    if r.schemas.is_empty() { "-".into() } else { r.schemas.join(",") },
+                    if r.member_of.is_empty() {
+                        "-".into()
+                    } else {
+                        r.member_of.join(",")
+                    },
+                    if r.schemas.is_empty() {
+                        "-".into()
+                    } else {
+                        r.schemas.join(",")
+                    },
                 ]);
             }
             let widths: Vec<usize> = (0..6)

@@ -241,7 +241,12 @@ mod tests {
             "# header\nport = '1'\nwork_mem = '8MB'\n",
         )
         .unwrap();
-        set_auto_conf(&dir, &[("port", Some("2".into())), ("work_mem", None)], None).unwrap();
+        set_auto_conf(
+            &dir,
+            &[("port", Some("2".into())), ("work_mem", None)],
+            None,
+        )
+        .unwrap();
         let s = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
         assert_eq!(s, "# header\nport = '2'\n");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -160,7 +160,9 @@ pub async fn check_primary(config: &Config, client: &Client, slot: &str) -> Resu
         Some("physical:false") => reuse_slot = true,
         Some(other) => problems.push(format!(
             "replication slot {slot} already exists ({}); choose another --slot or drop it",
-            other.replace(":true", ", active").replace(":false", ", inactive")
+            other
+                .replace(":true", ", active")
+                .replace(":false", ", inactive")
         )),
     }
     if !can_replicate {
@@ -217,7 +219,8 @@ pub async fn wait_streaming(
             Some(r) => (r.get::<_, Option<String>>(0), r.get::<_, bool>(1)),
             None => (None, false),
         };
-        if state.as_deref() == Some("streaming") || (row.is_some() && state.is_none() && slot_active)
+        if state.as_deref() == Some("streaming")
+            || (row.is_some() && state.is_none() && slot_active)
         {
             return Ok(());
         }

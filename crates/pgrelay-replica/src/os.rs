@@ -193,12 +193,19 @@ pub fn data_dir_major(pgdata: &Path) -> Result<u32> {
     let file = pgdata.join("PG_VERSION");
     let text = std::fs::read_to_string(&file).map_err(|e| {
         ReplicaError::io(
-            format!("read {} (is this a PostgreSQL data directory?)", file.display()),
+            format!(
+                "read {} (is this a PostgreSQL data directory?)",
+                file.display()
+            ),
             e,
         )
     })?;
     text.trim().parse().map_err(|_| {
-        ReplicaError::Precondition(format!("{} holds {:?}, not a major version", file.display(), text.trim()))
+        ReplicaError::Precondition(format!(
+            "{} holds {:?}, not a major version",
+            file.display(),
+            text.trim()
+        ))
     })
 }
 
@@ -270,9 +277,12 @@ impl PgCtl {
     /// `log_file`.
     pub async fn start(&self, log_file: &Path, timeout: Duration) -> Result<()> {
         let mut c = self.command();
-        c.arg("-l")
-            .arg(log_file)
-            .args(["-w", "-t", &timeout.as_secs().max(1).to_string(), "start"]);
+        c.arg("-l").arg(log_file).args([
+            "-w",
+            "-t",
+            &timeout.as_secs().max(1).to_string(),
+            "start",
+        ]);
         run(c, &format!("pg_ctl start -D {}", self.pgdata.display()))
             .await
             .map_err(|e| with_log_tail(e, log_file))?;
@@ -283,7 +293,14 @@ impl PgCtl {
     /// is written, and connected standbys receive all WAL first.
     pub async fn stop_fast(&self, timeout: Duration) -> Result<()> {
         let mut c = self.command();
-        c.args(["-m", "fast", "-w", "-t", &timeout.as_secs().max(1).to_string(), "stop"]);
+        c.args([
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            &timeout.as_secs().max(1).to_string(),
+            "stop",
+        ]);
         run(c, &format!("pg_ctl stop -D {}", self.pgdata.display())).await?;
         Ok(())
     }

@@ -39,9 +39,10 @@ pub enum HbaVerdict {
 
 /// Probes `config`'s first host.
 pub async fn probe_physical_replication(config: &Config) -> Result<HbaVerdict> {
-    let target = config.targets.first().ok_or_else(|| {
-        ReplicaError::Precondition("the primary URL names no host".into())
-    })?;
+    let target = config
+        .targets
+        .first()
+        .ok_or_else(|| ReplicaError::Precondition("the primary URL names no host".into()))?;
     let user = config.user.clone();
     let (verdict_message, client_ip) = match &target.host {
         Host::Unix(_) => {
@@ -135,7 +136,10 @@ fn quoted_host(message: &str) -> Option<String> {
 /// Sends the startup packet and reads the first answer: `None` when the
 /// server moved on to authentication, `Some(message)` for a pg_hba
 /// rejection. Other errors are returned as errors.
-async fn startup<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, user: &str) -> Result<Option<String>> {
+async fn startup<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    user: &str,
+) -> Result<Option<String>> {
     let mut buf = BytesMut::new();
     frontend::startup_message(
         [

@@ -17,10 +17,7 @@ pub fn ident(name: &str) -> String {
 /// is correct whatever `standard_conforming_strings` says.
 pub fn literal(value: &str) -> String {
     if value.contains('\\') {
-        format!(
-            "E'{}'",
-            value.replace('\\', "\\\\").replace('\'', "''")
-        )
+        format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
     } else {
         format!("'{}'", value.replace('\'', "''"))
     }

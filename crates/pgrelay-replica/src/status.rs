@@ -347,10 +347,9 @@ fn table(rows: &[Vec<String>]) -> String {
 pub fn record_metrics(s: &ReplicationStatus) {
     for st in &s.standbys {
         let bytes = st.replay_lag_bytes.unwrap_or(0).max(0);
-        let secs = st
-            .replay_lag_seconds
-            .unwrap_or(0.0);
-        metrics::gauge!("pgrelay_replica_lag_bytes", "standby" => st.name.clone()).set(bytes as f64);
+        let secs = st.replay_lag_seconds.unwrap_or(0.0);
+        metrics::gauge!("pgrelay_replica_lag_bytes", "standby" => st.name.clone())
+            .set(bytes as f64);
         metrics::gauge!("pgrelay_replica_lag_seconds", "standby" => st.name.clone()).set(secs);
     }
     let mut names: Vec<&str> = s.standbys.iter().map(|s| s.name.as_str()).collect();
@@ -360,8 +359,11 @@ pub fn record_metrics(s: &ReplicationStatus) {
             .standbys
             .iter()
             .any(|st| st.name == n && st.state == "streaming");
-        metrics::gauge!("pgrelay_replica_streaming", "standby" => n.to_string())
-            .set(if up { 1.0 } else { 0.0 });
+        metrics::gauge!("pgrelay_replica_streaming", "standby" => n.to_string()).set(if up {
+            1.0
+        } else {
+            0.0
+        });
     }
     for sl in &s.slots {
         metrics::gauge!("pgrelay_slot_retained_bytes", "slot" => sl.name.clone())

@@ -187,7 +187,12 @@ pub async fn switchover(
         (&pc, &opts.primary_pgdata, "--primary-pgdata"),
         (&sc, &opts.standby_pgdata, "--standby-pgdata"),
     ] {
-        let actual: String = one(client, "SELECT current_setting('data_directory')", "reading data_directory (needs a superuser)").await?;
+        let actual: String = one(
+            client,
+            "SELECT current_setting('data_directory')",
+            "reading data_directory (needs a superuser)",
+        )
+        .await?;
         if !same_dir(dir, &actual) {
             return Err(ReplicaError::Precondition(format!(
                 "{flag} {} is not that server's data directory ({actual})",
@@ -292,7 +297,11 @@ pub async fn switchover(
             "reading the standby's replay position",
         )
         .await?;
-        if replayed.as_deref().and_then(parse_lsn).is_some_and(|r| r > final_lsn) {
+        if replayed
+            .as_deref()
+            .and_then(parse_lsn)
+            .is_some_and(|r| r > final_lsn)
+        {
             break true;
         }
         if Instant::now() > deadline || !control.shut_down_cleanly() {
@@ -305,7 +314,10 @@ pub async fn switchover(
         old_ctl.start(&log, opts.timeout).await?;
         if made_slot {
             let _ = sc
-                .execute("SELECT pg_drop_replication_slot($1)", &[&opts.old_primary_name])
+                .execute(
+                    "SELECT pg_drop_replication_slot($1)",
+                    &[&opts.old_primary_name],
+                )
                 .await;
         }
         return Err(ReplicaError::Timeout(format!(
@@ -366,7 +378,9 @@ pub async fn switchover(
     let rewind = !(control.shut_down_cleanly() && fork.is_some_and(|f| f > final_lsn));
     if rewind {
         progress("the old primary's WAL diverged from the new timeline: running pg_rewind");
-        rewind_old_primary(opts, major, &old_ctl).await.map_err(after_error)?;
+        rewind_old_primary(opts, major, &old_ctl)
+            .await
+            .map_err(after_error)?;
     }
     write_standby_config(
         &opts.primary_pgdata,
@@ -379,10 +393,18 @@ pub async fn switchover(
         old_ctl.user.as_ref(),
     )
     .map_err(after_error)?;
-    old_ctl.start(&log, opts.timeout).await.map_err(after_error)?;
-    wait_streaming(&sc, &opts.old_primary_name, Some(&opts.old_primary_name), opts.timeout)
+    old_ctl
+        .start(&log, opts.timeout)
         .await
         .map_err(after_error)?;
+    wait_streaming(
+        &sc,
+        &opts.old_primary_name,
+        Some(&opts.old_primary_name),
+        opts.timeout,
+    )
+    .await
+    .map_err(after_error)?;
     progress(&format!(
         "old primary streams from {standby_name} as {}",
         opts.old_primary_name
@@ -410,7 +432,11 @@ pub async fn switchover(
     // 7. Synchronous replication follows the roles.
     let mut names = SyncNames::parse(&old_sync);
     let mut sync_now = String::new();
-    if names.names.iter().any(|n| n.eq_ignore_ascii_case(&standby_name)) {
+    if names
+        .names
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(&standby_name))
+    {
         for n in names.names.iter_mut() {
             if n.eq_ignore_ascii_case(&standby_name) {
                 *n = opts.old_primary_name.clone();
@@ -493,7 +519,10 @@ mod tests {
             app_name_of("user=r host=h application_name=std_1 sslmode=prefer").as_deref(),
             Some("std_1")
         );
-        assert_eq!(app_name_of("application_name='a b'").as_deref(), Some("a b"));
+        assert_eq!(
+            app_name_of("application_name='a b'").as_deref(),
+            Some("a b")
+        );
         assert_eq!(app_name_of("user=r"), None);
     }
 }

@@ -167,10 +167,9 @@ pub async fn set_and_reload(client: &Client, name: &str, value: &str) -> Result<
         crate::quote::ident(name),
         literal(value)
     );
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(|e| ReplicaError::sql(format!("ALTER SYSTEM SET {name} (needs a superuser)"), &e))?;
+    client.batch_execute(&sql).await.map_err(|e| {
+        ReplicaError::sql(format!("ALTER SYSTEM SET {name} (needs a superuser)"), &e)
+    })?;
     client
         .batch_execute("SELECT pg_reload_conf()")
         .await

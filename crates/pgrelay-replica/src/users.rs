@@ -265,7 +265,10 @@ pub async fn drop_role(client: &mut Client, d: &DropRole) -> Result<DropReport> 
             .iter()
             .map(|r| {
                 let (name, owned, all): (String, i32, i32) = (r.get(0), r.get(1), r.get(2));
-                format!("{name}: {owned} owned object(s), {} privilege(s)", all - owned)
+                format!(
+                    "{name}: {owned} owned object(s), {} privilege(s)",
+                    all - owned
+                )
             })
             .collect();
         return Err(ReplicaError::RoleOwnsObjects(format!(
