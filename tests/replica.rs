@@ -651,3 +651,88 @@ async fn planned_switchover_loses_nothing() {
         status_json(&pgrelay_ok(&["replica", "status", "--primary", &standby_url, "--json"]).await);
     assert_eq!(json["healthy"], true, "{json}");
 }
+
+/// Failover, then `replica rejoin`: the old primary kept taking writes
+/// after the standby was promoted, so its WAL diverged; pg_rewind brings
+/// it back and it streams from the new primary with the new primary's
+/// rows only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejoin_after_failover_rewinds() {
+    if !pgrelay_testkit::selected(15) {
+        return;
+    }
+    // pg_rewind needs both wal_log_hints (or checksums) and the old
+    // primary's WAL back to the last common checkpoint.
+    let primary = Cluster::builder(15)
+        .setting("wal_log_hints", "on")
+        .setting("wal_keep_size", "'64MB'")
+        .start();
+    let su = primary.superuser_url("postgres");
+    primary.execute_blocking(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)",
+    );
+    let standby = StandbyDir::new(15);
+    let name = unique_name("failover");
+    pgrelay_ok(&[
+        "replica",
+        "create",
+        "--primary",
+        &su,
+        "--pgdata",
+        standby.pgdata(),
+        "--name",
+        &name,
+        "--start",
+        "--port",
+        &standby.port.to_string(),
+    ])
+    .await;
+    let s = standby.conninfo();
+    wait_for(&s, "SELECT count(*) FROM t", "100").await;
+    let standby_url = format!("postgres://postgres@127.0.0.1:{}/postgres", standby.port);
+    pgrelay_ok(&["replica", "promote", "--standby", &standby_url]).await;
+    // Split brain: both take writes.
+    primary.execute_blocking(
+        "postgres",
+        "INSERT INTO t SELECT generate_series(1001, 1100); CHECKPOINT",
+    );
+    let client = connect_plain(&s).await.unwrap();
+    client
+        .batch_execute("INSERT INTO t SELECT generate_series(2001, 2010)")
+        .await
+        .unwrap();
+    let old_name = unique_name("rejoined");
+    let out = pgrelay_ok(&[
+        "replica",
+        "rejoin",
+        "--primary",
+        &standby_url,
+        "--pgdata",
+        path(primary.data_dir()),
+        "--name",
+        &old_name,
+    ])
+    .await;
+    assert!(out.contains("pg_rewind ran"), "{out}");
+    let old = primary.conninfo("postgres", "postgres");
+    assert_eq!(
+        scalar(&old, "SELECT pg_is_in_recovery()").await.as_deref(),
+        Some("t")
+    );
+    client
+        .batch_execute("INSERT INTO t VALUES (3001)")
+        .await
+        .unwrap();
+    wait_for(&old, "SELECT count(*) FROM t WHERE id = 3001", "1").await;
+    assert_eq!(
+        scalar(
+            &old,
+            "SELECT count(*) FILTER (WHERE id > 1000 AND id < 2000) || '/' || count(*) FROM t"
+        )
+        .await
+        .as_deref(),
+        Some("0/111"),
+        "the rewound server has exactly the new primary's rows"
+    );
+}

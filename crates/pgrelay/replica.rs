@@ -41,6 +41,33 @@ enum ReplicaCommand {
     Promote(PromoteArgs),
     /// Planned switchover: the standby becomes primary, the primary its standby.
     Switchover(SwitchoverArgs),
+    /// Turn a former primary into a standby of the new one (pg_rewind when diverged).
+    Rejoin(RejoinArgs),
+}
+
+#[derive(Debug, Args)]
+struct RejoinArgs {
+    /// The current primary (superuser).
+    #[arg(long, env = "PGRELAY_PRIMARY", value_name = "URL")]
+    primary: String,
+    /// The former primary's local data directory (a running server there is
+    /// stopped first).
+    #[arg(long, value_name = "DIR")]
+    pgdata: PathBuf,
+    /// Its name as a standby (application_name).
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// Physical slot on the primary (created if missing); default: the name.
+    #[arg(long, value_name = "NAME")]
+    slot: Option<String>,
+    /// Server log (default: <pgdata>/pgrelay-server.log).
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Limit for each wait.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    timeout: Duration,
+    #[command(flatten)]
+    tools: ToolArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -90,7 +117,7 @@ struct CreateArgs {
     /// The standby's port.
     #[arg(long, value_name = "N")]
     port: Option<u16>,
-    /// The standby's Unix socket directory (default: its data directory).
+    /// The standby's Unix socket directory (default: the primary's setting).
     #[arg(long, value_name = "DIR")]
     socket_dir: Option<PathBuf>,
     /// Server log of the started standby (default: <pgdata>/pgrelay-server.log).
@@ -258,6 +285,29 @@ pub async fn run(
             println!(
                 "promoted; the server accepts writes ({} ms)",
                 took.as_millis()
+            );
+            Ok(())
+        }
+        ReplicaCommand::Rejoin(a) => {
+            let opts = switchover::RejoinOptions {
+                primary: config(&a.primary, "--primary")?,
+                pgdata: a.pgdata,
+                slot: a
+                    .slot
+                    .unwrap_or_else(|| pgrelay_replica::quote::slot_name_from(&a.name)),
+                name: a.name,
+                tools: a.tools.search(),
+                os_user: a.tools.os_user.clone(),
+                timeout: a.timeout,
+                log_file: a.log_file,
+            };
+            let report = switchover::rejoin(&opts, &mut |l: &str| progress(l)).await?;
+            println!(
+                "{} streams from the primary; pg_rewind {} (last checkpoint {}, fork {})",
+                opts.name,
+                if report.rewound { "ran" } else { "not needed" },
+                report.last_checkpoint,
+                report.fork_lsn.as_deref().unwrap_or("-")
             );
             Ok(())
         }

@@ -57,7 +57,9 @@ pub struct CreateOptions {
     pub start: bool,
     /// `port` of the standby (written to its configuration).
     pub port: Option<u16>,
-    /// `unix_socket_directories` of the standby; default: the data directory.
+    /// `unix_socket_directories` of the standby; default: as copied from
+    /// the primary. Never inside a data directory: pg_rewind and
+    /// pg_basebackup would try to copy the socket.
     pub socket_dir: Option<PathBuf>,
     /// Server log for `--start`; default `<pgdata>/pgrelay-server.log`.
     pub log_file: Option<PathBuf>,
@@ -327,7 +329,7 @@ pub async fn create_standby(
                 primary_conninfo: conninfo.clone(),
                 slot: opts.slot.clone(),
                 port: opts.port,
-                socket_dir: Some(opts.socket_dir.clone().unwrap_or_else(|| pgdata.clone())),
+                socket_dir: opts.socket_dir.clone(),
             },
             owner.as_ref(),
         )?;

@@ -35,6 +35,11 @@
 //!    the old primary instead (set once it streams, so rejoining never
 //!    blocks commits).
 //!
+//! [`rejoin`] is step 6 on its own, for after a failover (`replica
+//! promote` while the old primary was still running or crashed): the
+//! fork point then comes from the primary's timeline history file, and
+//! pg_rewind runs when the old server's WAL went past it.
+//!
 //! PostgreSQL docs: "Failover" (warm-standby-failover), "pg_rewind",
 //! "Shutting Down the Server" (server-shutdown), "Synchronous Replication".
 
@@ -376,32 +381,21 @@ pub async fn switchover(
     };
     let fork = fork_point(&opts.standby_pgdata, control.timeline)?;
     let rewind = !(control.shut_down_cleanly() && fork.is_some_and(|f| f > final_lsn));
-    if rewind {
-        progress("the old primary's WAL diverged from the new timeline: running pg_rewind");
-        rewind_old_primary(opts, major, &old_ctl)
-            .await
-            .map_err(after_error)?;
-    }
-    write_standby_config(
-        &opts.primary_pgdata,
-        &StandbySettings {
-            primary_conninfo: primary_conninfo(&opts.standby, &opts.old_primary_name, true),
-            slot: opts.old_primary_name.clone(),
-            port: None,
-            socket_dir: None,
+    follow(
+        &Follow {
+            pgdata: &opts.primary_pgdata,
+            ctl: &old_ctl,
+            primary: &opts.standby,
+            primary_client: &sc,
+            name: &opts.old_primary_name,
+            slot: &opts.old_primary_name,
+            rewind,
+            major,
+            tools: &opts.tools,
+            log: &log,
+            timeout: opts.timeout,
         },
-        old_ctl.user.as_ref(),
-    )
-    .map_err(after_error)?;
-    old_ctl
-        .start(&log, opts.timeout)
-        .await
-        .map_err(after_error)?;
-    wait_streaming(
-        &sc,
-        &opts.old_primary_name,
-        Some(&opts.old_primary_name),
-        opts.timeout,
+        progress,
     )
     .await
     .map_err(after_error)?;
@@ -462,10 +456,49 @@ pub async fn switchover(
     })
 }
 
-/// pg_rewind of the old primary from the new one, keeping the old
-/// primary's own configuration files (pg_rewind copies the source's).
-async fn rewind_old_primary(opts: &SwitchoverOptions, major: u32, ctl: &PgCtl) -> Result<()> {
-    let program = opts.tools.find("pg_rewind", major)?;
+/// Everything needed to make a stopped former primary follow a new one.
+struct Follow<'a> {
+    pgdata: &'a Path,
+    ctl: &'a PgCtl,
+    primary: &'a Config,
+    primary_client: &'a Client,
+    name: &'a str,
+    slot: &'a str,
+    rewind: bool,
+    major: u32,
+    tools: &'a ToolSearch,
+    log: &'a Path,
+    timeout: Duration,
+}
+
+/// pg_rewind (when `f.rewind`), standby configuration, start, and the wait
+/// for `streaming`. The server of `f.pgdata` must be stopped.
+async fn follow(f: &Follow<'_>, progress: &mut (dyn FnMut(&str) + Send)) -> Result<()> {
+    if f.rewind {
+        progress("its WAL diverged from the new primary's timeline: running pg_rewind");
+        rewind(f).await?;
+    }
+    write_standby_config(
+        f.pgdata,
+        &StandbySettings {
+            primary_conninfo: primary_conninfo(f.primary, f.name, true),
+            slot: f.slot.to_string(),
+            port: None,
+            socket_dir: None,
+        },
+        f.ctl.user.as_ref(),
+    )?;
+    // A primary's own slots would only pin WAL on a standby; they are
+    // dropped by the caller once it runs (physical slots can be dropped in
+    // recovery).
+    f.ctl.start(f.log, f.timeout).await?;
+    wait_streaming(f.primary_client, f.name, Some(f.slot), f.timeout).await
+}
+
+/// pg_rewind of `f.pgdata` from `f.primary`, keeping the target's own
+/// configuration files (pg_rewind copies the source's).
+async fn rewind(f: &Follow<'_>) -> Result<()> {
+    let program = f.tools.find("pg_rewind", f.major)?;
     const KEEP: [&str; 4] = [
         "postgresql.conf",
         "postgresql.auto.conf",
@@ -473,21 +506,21 @@ async fn rewind_old_primary(opts: &SwitchoverOptions, major: u32, ctl: &PgCtl) -
         "pg_ident.conf",
     ];
     let mut saved = Vec::new();
-    for f in KEEP {
-        if let Ok(bytes) = std::fs::read(opts.primary_pgdata.join(f)) {
-            saved.push((f, bytes));
+    for name in KEEP {
+        if let Ok(bytes) = std::fs::read(f.pgdata.join(name)) {
+            saved.push((name, bytes));
         }
     }
-    let mut source = primary_conninfo(&opts.standby, "pgrelay_rewind", false);
+    let mut source = primary_conninfo(f.primary, "pgrelay_rewind", false);
     source.push_str(&format!(
         " dbname={}",
-        crate::quote::conninfo_value(&opts.standby.dbname)
+        crate::quote::conninfo_value(&f.primary.dbname)
     ));
-    let mut cmd = command_as(ctl.user.as_ref(), &program);
+    let mut cmd = command_as(f.ctl.user.as_ref(), &program);
     cmd.arg("-D")
-        .arg(&opts.primary_pgdata)
+        .arg(f.pgdata)
         .arg(format!("--source-server={source}"));
-    if let Some(p) = &opts.standby.password {
+    if let Some(p) = &f.primary.password {
         cmd.env("PGPASSWORD", p.expose());
     }
     run(cmd, "pg_rewind").await.map_err(|e| match e {
@@ -501,12 +534,169 @@ async fn rewind_old_primary(opts: &SwitchoverOptions, major: u32, ctl: &PgCtl) -
                 ),
             }
         }
+        ReplicaError::Command { what, detail }
+            if detail.contains("could not find previous WAL") =>
+        {
+            ReplicaError::Command {
+                what,
+                detail: format!(
+                    "{detail}; the old primary no longer has the WAL back to the last checkpoint \
+                     both servers share: keep more (wal_keep_size) or give it a \
+                     restore_command, or recreate it with `pgrelay replica create`"
+                ),
+            }
+        }
         other => other,
     })?;
-    for (f, bytes) in saved {
-        crate::conf::write_owned(&opts.primary_pgdata.join(f), &bytes, ctl.user.as_ref())?;
+    for (name, bytes) in saved {
+        crate::conf::write_owned(&f.pgdata.join(name), &bytes, f.ctl.user.as_ref())?;
     }
     Ok(())
+}
+
+/// How to bring a former primary back as a standby.
+#[derive(Debug, Clone)]
+pub struct RejoinOptions {
+    /// The former primary's local data directory.
+    pub pgdata: PathBuf,
+    /// The current primary (superuser: pg_rewind and the timeline history
+    /// need it; its role is also the new standby's replication role).
+    pub primary: Config,
+    /// The standby's name (application_name) and, by default, slot.
+    pub name: String,
+    /// The physical slot on the primary.
+    pub slot: String,
+    /// Where pg_ctl and pg_rewind are.
+    pub tools: ToolSearch,
+    /// OS user (root only); default: the data directory's owner.
+    pub os_user: Option<String>,
+    /// Limit for each wait.
+    pub timeout: Duration,
+    /// Server log; default `<pgdata>/pgrelay-server.log`.
+    pub log_file: Option<PathBuf>,
+}
+
+/// What `rejoin` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RejoinReport {
+    /// Whether pg_rewind ran.
+    pub rewound: bool,
+    /// The old server's last checkpoint.
+    pub last_checkpoint: String,
+    /// Where the primary's timeline forked from the old one, if known.
+    pub fork_lsn: Option<String>,
+}
+
+/// `replica rejoin`: after a failover (`replica promote` while the old
+/// primary was still up, or crashed), make the former primary a streaming
+/// standby of the new one. A running server is stopped cleanly first;
+/// pg_rewind runs when its WAL went past the fork point of the primary's
+/// timeline (read from the primary's history file with `pg_read_file`),
+/// or when that cannot be established.
+pub async fn rejoin(
+    opts: &RejoinOptions,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<RejoinReport> {
+    let ctl = PgCtl::for_data_dir(&opts.pgdata, &opts.tools, opts.os_user.as_deref())?;
+    let major = crate::os::data_dir_major(&opts.pgdata)?;
+    let pc = pgrelay_source::connect_sql(&opts.primary).await?;
+    if one::<bool>(&pc, "SELECT pg_is_in_recovery()", "checking the primary").await? {
+        return Err(ReplicaError::Precondition(format!(
+            "{} is in recovery: --primary must be the current primary",
+            opts.primary.redacted()
+        )));
+    }
+    if let HbaVerdict::Rejected {
+        message,
+        line_to_add,
+    } = probe_physical_replication(&opts.primary).await?
+    {
+        return Err(ReplicaError::Precondition(format!(
+            "the primary's pg_hba.conf refuses replication from here ({message}); add and \
+             reload:\n    {line_to_add}"
+        )));
+    }
+    if crate::os::postmaster(&opts.pgdata).is_some() {
+        progress(&format!(
+            "stopping the server running on {} (fast shutdown)",
+            opts.pgdata.display()
+        ));
+        ctl.stop_fast(opts.timeout).await?;
+    }
+    let control = control_data(&opts.pgdata)?;
+    let tli_row = pc
+        .query_one(
+            "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int",
+            &[],
+        )
+        .await
+        .map_err(|e| ReplicaError::sql("reading the primary's timeline", &e))?;
+    let primary_tli: i32 = tli_row.get(0);
+    let (rewind, fork) = if primary_tli as u32 == control.timeline {
+        // Same timeline: the old server never wrote past what the primary
+        // has (it was a standby, or the primary is its continuation).
+        (false, None)
+    } else {
+        let file = format!("pg_wal/{:08X}.history", primary_tli);
+        let history: Option<String> = pc
+            .query_one("SELECT pg_read_file($1)", &[&file])
+            .await
+            .ok()
+            .map(|r| r.get(0));
+        let fork = history.as_deref().and_then(|h| {
+            h.lines().find_map(|line| {
+                let mut f = line.split_whitespace();
+                let tli: u32 = f.next()?.parse().ok()?;
+                (tli == control.timeline).then(|| f.next().and_then(parse_lsn))?
+            })
+        });
+        let clean_before_fork =
+            control.shut_down_cleanly() && fork.is_some_and(|f| f > control.checkpoint);
+        (!clean_before_fork, fork)
+    };
+    let slot_missing: bool = pc
+        .query_one(
+            "SELECT count(*) = 0 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&opts.slot],
+        )
+        .await
+        .map_err(|e| ReplicaError::sql("reading the primary's slots", &e))?
+        .get(0);
+    if slot_missing {
+        pc.execute(
+            "SELECT pg_create_physical_replication_slot($1, true)",
+            &[&opts.slot],
+        )
+        .await
+        .map_err(|e| ReplicaError::sql("creating the standby's slot", &e))?;
+    }
+    let log = opts
+        .log_file
+        .clone()
+        .unwrap_or_else(|| opts.pgdata.join("pgrelay-server.log"));
+    follow(
+        &Follow {
+            pgdata: &opts.pgdata,
+            ctl: &ctl,
+            primary: &opts.primary,
+            primary_client: &pc,
+            name: &opts.name,
+            slot: &opts.slot,
+            rewind,
+            major,
+            tools: &opts.tools,
+            log: &log,
+            timeout: opts.timeout,
+        },
+        progress,
+    )
+    .await?;
+    progress(&format!("{} streams from the primary", opts.name));
+    Ok(RejoinReport {
+        rewound: rewind,
+        last_checkpoint: lsn_text(control.checkpoint),
+        fork_lsn: fork.map(lsn_text),
+    })
 }
 
 #[cfg(test)]
