@@ -249,8 +249,29 @@ fn progress(line: &str) {
     eprintln!("pgrelay: {line}");
 }
 
+/// A library error for `main`: a connection failure stays the
+/// `SourceError` it is (so the transient hint applies), other transient
+/// failures say that running again can help.
+pub fn lift(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<pgrelay_replica::ReplicaError>() {
+        Ok(pgrelay_replica::ReplicaError::Connect(s)) => s.into(),
+        Ok(r) if r.is_transient() => {
+            anyhow::Error::from(r).context("transient failure, running the command again can help")
+        }
+        Ok(r) => r.into(),
+        Err(other) => other,
+    }
+}
+
 /// Runs `pgrelay replica ...`.
 pub async fn run(
+    args: ReplicaArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_inner(args, shutdown).await.map_err(lift)
+}
+
+async fn run_inner(
     args: ReplicaArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {

@@ -86,6 +86,10 @@ async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
 
 /// Runs `pgrelay users ...`.
 pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
+    run_inner(args).await.map_err(crate::replica::lift)
+}
+
+async fn run_inner(args: UsersArgs) -> anyhow::Result<()> {
     match args.command {
         UsersCommand::Create(a) => {
             let password = if a.password_stdin {

@@ -302,6 +302,7 @@ pub async fn create_standby(
             )
             .await
             .map_err(|e| ReplicaError::sql(format!("creating slot {}", opts.slot), &e))?;
+        tracing::info!(slot = %opts.slot, "created physical replication slot");
         progress(&format!("created physical replication slot {}", opts.slot));
     }
     let result = async {
@@ -344,6 +345,7 @@ pub async fn create_standby(
     let conninfo = match result {
         Ok(c) => c,
         Err(e) => {
+            tracing::warn!(slot = %opts.slot, error = %e, "standby creation failed; cleaning up");
             if !facts.reuse_slot {
                 let _ = client
                     .execute("SELECT pg_drop_replication_slot($1)", &[&opts.slot])
@@ -390,6 +392,7 @@ pub async fn create_standby(
         progress(&format!("starting the standby (log: {})", log.display()));
         ctl.start(&log, opts.wait_timeout).await?;
         wait_streaming(&client, &opts.name, Some(&opts.slot), opts.wait_timeout).await?;
+        tracing::info!(standby = %opts.name, slot = %opts.slot, "standby is streaming");
         progress(&format!("standby {} is streaming", opts.name));
         created.started = true;
         created.log_file = Some(log);

@@ -333,6 +333,7 @@ pub async fn switchover(
             opts.timeout.as_secs()
         )));
     }
+    tracing::info!(lsn = %lsn_text(final_lsn), "standby replayed the old primary's final WAL");
     progress(&format!(
         "standby replayed past the primary's final LSN {}",
         lsn_text(final_lsn)
@@ -366,6 +367,11 @@ pub async fn switchover(
     }
     crate::promote::wait_writable(&opts.standby, opts.timeout).await?;
     let downtime = stop_clock.elapsed();
+    tracing::info!(
+        standby = %standby_name,
+        downtime_ms = downtime.as_millis() as u64,
+        "standby promoted and accepts writes"
+    );
     progress(&format!(
         "standby {standby_name} promoted; writes were refused for {} ms",
         downtime.as_millis()
@@ -475,6 +481,7 @@ struct Follow<'a> {
 /// for `streaming`. The server of `f.pgdata` must be stopped.
 async fn follow(f: &Follow<'_>, progress: &mut (dyn FnMut(&str) + Send)) -> Result<()> {
     if f.rewind {
+        tracing::info!(pgdata = %f.pgdata.display(), "running pg_rewind");
         progress("its WAL diverged from the new primary's timeline: running pg_rewind");
         rewind(f).await?;
     }

@@ -156,6 +156,7 @@ pub async fn set_sync_mode(client: &Client, change: &SyncChange) -> Result<(Stri
     }
     let new = names.render();
     set_and_reload(client, "synchronous_standby_names", &new).await?;
+    tracing::info!(old = %old, new = %new, "synchronous_standby_names changed");
     Ok((old, new))
 }
 
