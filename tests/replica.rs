@@ -13,8 +13,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use pgrelay_testkit::{
-    connect_plain, free_port, simple_rows, unique_name, Cluster, PgInstall, REPLICATION_ROLE,
-    TEST_PASSWORD,
+    connect_plain, free_port, per_major, simple_rows, unique_name, Cluster, PgInstall,
+    REPLICATION_ROLE, TEST_PASSWORD,
 };
 use serde_json::Value as Json;
 use tokio::process::Command;
@@ -301,6 +301,49 @@ async fn standby_lifecycle(major: u32, tls: bool, promote_by_pgdata: bool) {
     assert_eq!(json["missing"][0], "ghost", "{json}");
 
     monitor_exports(&su, &name).await;
+
+    // An inactive slot retaining more WAL than the threshold is a warning,
+    // not a failure.
+    let idle = unique_name("idle");
+    primary.execute_blocking(
+        "postgres",
+        &format!(
+            "SELECT pg_create_physical_replication_slot('{idle}', true); \
+             INSERT INTO items SELECT g, repeat('x', 100) FROM generate_series(10001, 12000) g"
+        ),
+    );
+    let json = status_json(
+        &pgrelay_ok(&[
+            "replica",
+            "status",
+            "--primary",
+            &su,
+            "--json",
+            "--slot-warn-bytes",
+            "1kB",
+        ])
+        .await,
+    );
+    let slot = json["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == idle.as_str())
+        .unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(
+        (slot["active"].as_bool(), slot["warning"].as_bool()),
+        (Some(false), Some(true)),
+        "{json}"
+    );
+    assert!(slot["retained_bytes"].as_i64().unwrap() > 1024, "{json}");
+    assert!(
+        json["warnings"][0].as_str().unwrap().contains(&idle),
+        "{json}"
+    );
+    primary.execute_blocking(
+        "postgres",
+        &format!("SELECT pg_drop_replication_slot('{idle}')"),
+    );
 
     // Synchronous mode: with the standby down, a commit waits for it.
     let out = pgrelay_ok(&[
@@ -736,3 +779,27 @@ async fn rejoin_after_failover_rewinds() {
         "the rewound server has exactly the new primary's rows"
     );
 }
+
+// pg_control is read directly (no pg_controldata of every major needed):
+// its leading fields must match what the server itself reports.
+per_major!(pg_control_layout, |major: u32| async move {
+    let cluster = Cluster::start(major);
+    cluster.execute_blocking("postgres", "CREATE TABLE x (a int); CHECKPOINT");
+    let row = cluster.query_blocking(
+        "postgres",
+        "SELECT checkpoint_lsn::text, timeline_id::text FROM pg_control_checkpoint()",
+    );
+    let control = pgrelay_replica::os::control_data(cluster.data_dir()).unwrap();
+    assert_eq!(
+        Some(pgrelay_replica::os::lsn_text(control.checkpoint)),
+        row[0][0],
+        "{control:?}"
+    );
+    assert_eq!(Some(control.timeline.to_string()), row[0][1]);
+    assert_eq!(control.state, 6, "in production");
+    let mut cluster = cluster;
+    cluster.stop();
+    assert!(pgrelay_replica::os::control_data(cluster.data_dir())
+        .unwrap()
+        .shut_down_cleanly());
+});
