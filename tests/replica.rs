@@ -301,6 +301,7 @@ async fn standby_lifecycle(major: u32, tls: bool, promote_by_pgdata: bool) {
     assert_eq!(json["missing"][0], "ghost", "{json}");
 
     monitor_exports(&su, &name).await;
+    watch_repeats(&su, &name).await;
 
     // An inactive slot retaining more WAL than the threshold is a warning,
     // not a failure.
@@ -549,6 +550,43 @@ async fn monitor_exports(primary: &str, standby: &str) {
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("monitor stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// `status --watch --json` prints one document per interval until SIGTERM,
+/// then exits 0 while the expected standby streams.
+async fn watch_repeats(primary: &str, standby: &str) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = Command::new(PGRELAY)
+        .args([
+            "replica",
+            "status",
+            "--primary",
+            primary,
+            "--json",
+            "--watch",
+        ])
+        .args(["--interval", "100ms", "--expect", standby])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run status --watch");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for _ in 0..3 {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a sample per interval")
+            .unwrap()
+            .expect("status --watch exited early");
+        let doc: Json = serde_json::from_str(&line).unwrap();
+        assert_eq!(doc["healthy"], true, "{doc}");
+    }
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("status --watch stops on SIGTERM")
         .unwrap();
     assert!(status.success(), "{status}");
 }
