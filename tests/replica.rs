@@ -1,11 +1,14 @@
 //! `pgrelay replica` against real servers: standbys of a 15 (over TLS,
 //! with a SCRAM replication role) and a 16 primary created by the binary,
-//! streaming and serving read-only queries; `status` with lag near 0 and
-//! exit 1 for a configured standby that is missing; synchronous mode
-//! making a commit wait for the standby; promotion by URL and by data
-//! directory; a refused pg_hba.conf reported with the line to add; and a
-//! planned switchover after which the old primary streams from the new one
-//! and no committed row is missing.
+//! streaming and serving read-only queries; `status` (text, JSON,
+//! `--watch`) with lag near 0, a slot-retention warning, and exit 1 for a
+//! configured standby that is missing; `monitor`'s metrics and /health;
+//! synchronous mode making a commit wait for a stopped standby; promotion
+//! by URL and by data directory; a refused pg_hba.conf reported with the
+//! line to add; a planned switchover after which the old primary streams
+//! from the new one and no committed row is missing; `rejoin` with
+//! pg_rewind after a split-brain failover; and the pg_control fields read
+//! directly, checked against the server on every major.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
