@@ -285,6 +285,7 @@ async fn standby_lifecycle(major: u32, tls: bool, promote_by_pgdata: bool) {
     assert_eq!(slot["active"], true, "{json}");
     assert_eq!(json["healthy"], true);
     let text_out = pgrelay_ok(&["replica", "status", "--primary", &su]).await;
+    eprintln!("replica status:\n{text_out}");
     assert!(
         text_out.contains(&name) && text_out.contains("streaming"),
         "{text_out}"

@@ -108,7 +108,7 @@ pub struct ReplicationStatus {
 const STANDBYS: &str = "\
 WITH cur AS (SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() \
                          ELSE pg_current_wal_lsn() END AS lsn) \
-SELECT coalesce(application_name, ''), client_addr::text, coalesce(state, ''), \
+SELECT coalesce(application_name, ''), host(client_addr), coalesce(state, ''), \
        coalesce(sync_state, ''), \
        sent_lsn::text, write_lsn::text, flush_lsn::text, replay_lsn::text, \
        pg_wal_lsn_diff(cur.lsn, sent_lsn)::bigint, pg_wal_lsn_diff(cur.lsn, write_lsn)::bigint, \
