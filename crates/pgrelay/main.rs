@@ -8,9 +8,11 @@
 
 mod demo;
 mod http;
+mod replica;
 mod sqlconn;
 mod stream;
 mod tail;
+mod users;
 
 use clap::{Parser, Subcommand};
 
@@ -42,6 +44,10 @@ enum Command {
     Cleanup(stream::CleanupArgs),
     /// Print the logical change stream as JSON lines.
     Tail(tail::TailArgs),
+    /// Physical streaming replicas: create, status, monitor, sync mode, promote, switchover.
+    Replica(replica::ReplicaArgs),
+    /// Application roles on the primary: create, list, drop.
+    Users(users::UsersArgs),
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
@@ -115,6 +121,8 @@ fn main() {
             Command::Demo(args) => demo::run(args, shutdown_signal()).await,
             Command::Status(args) => stream::status(args, shutdown_signal()).await,
             Command::Cleanup(args) => stream::cleanup(args).await,
+            Command::Replica(args) => replica::run(args, shutdown_signal()).await,
+            Command::Users(args) => users::run(args).await,
         }
     });
     if let Err(e) = result {
