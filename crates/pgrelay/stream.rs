@@ -54,7 +54,8 @@ fn parse_target(s: &str) -> Result<(String, String), String> {
 }
 
 impl PipelineArgs {
-    fn load(&self, listen: Option<String>) -> Result<StreamConfig> {
+    /// The resolved configuration (file, then flags).
+    pub fn load(&self, listen: Option<String>) -> Result<StreamConfig> {
         let file = config::locate(self.config.as_deref())?;
         let overrides = Overrides {
             source: self.source.clone(),
@@ -192,6 +193,9 @@ fn print_status(s: &pgrelay_stream::status::Status) {
         );
         if let Some(e) = &t.error {
             println!("    error: {e}");
+        }
+        if let Some(p) = &t.migration_phase {
+            println!("    migration phase: {p}");
         }
     }
 }

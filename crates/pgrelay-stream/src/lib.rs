@@ -138,6 +138,21 @@ impl Pipeline {
         }
     }
 
+    /// Preflight, publication, slot and initial copy only (what `pgrelay
+    /// init` runs): a later `run` streams from the slot's consistent point.
+    /// Returns the position streaming will start from.
+    pub async fn prepare(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Lsn, StreamError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        self.setup(stop_rx).await
+    }
+
     async fn setup(&self, stop: watch::Receiver<bool>) -> Result<Lsn, StreamError> {
         let config = &self.config;
         let mut delay = Duration::from_millis(500);

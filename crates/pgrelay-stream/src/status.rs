@@ -62,6 +62,8 @@ pub struct TargetStatus {
     pub tables_total: i64,
     /// Why it is unreachable.
     pub error: Option<String>,
+    /// The migration phase recorded by `pgrelay init`/`switchover`, if any.
+    pub migration_phase: Option<String>,
 }
 
 /// Everything `pgrelay status` shows.
@@ -161,6 +163,7 @@ async fn target_status(
         tables_ready: 0,
         tables_total: total,
         error: None,
+        migration_phase: None,
     };
     let client = match pgrelay_source::connect_sql(&t.config).await {
         Ok(c) => c,
@@ -221,7 +224,22 @@ async fn target_status(
                 .map_or(0.0, |d| d.as_secs_f64())
         });
     }
-    out.state = if out.tables_ready < total {
+    let migration: bool = client
+        .query_one("SELECT to_regclass('pgrelay.migration') IS NOT NULL", &[])
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(false);
+    if migration {
+        if let Ok(Some(r)) = client
+            .query_opt("SELECT phase FROM pgrelay.migration WHERE pipeline = $1", &[&pipeline])
+            .await
+        {
+            out.migration_phase = Some(r.get(0));
+        }
+    }
+    out.state = if out.migration_phase.as_deref() == Some("switched over") {
+        "switched over".into()
+    } else if out.tables_ready < total {
         format!("copying ({}/{} tables)", out.tables_ready, total)
     } else if slot_active {
         "streaming".into()
