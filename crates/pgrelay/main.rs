@@ -8,6 +8,7 @@
 
 #[allow(dead_code)] // wired by `stream`, `native run` and `replica monitor`
 mod http;
+mod native;
 mod sqlconn;
 mod tail;
 
@@ -33,6 +34,8 @@ enum LogFormat {
 enum Command {
     /// Print the logical change stream as JSON lines.
     Tail(tail::TailArgs),
+    /// Keep native publications and subscriptions in the configured shape.
+    Native(native::NativeArgs),
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
@@ -100,10 +103,15 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Tail(args) => tail::run(args, shutdown_signal()).await,
+            Command::Native(args) => native::run(args, shutdown_signal()).await,
         }
     });
     if let Err(e) = result {
-        let code = if tail::is_usage_error(&e) { 2 } else { 1 };
+        let code = if tail::is_usage_error(&e) || native::is_usage_error(&e) {
+            2
+        } else {
+            1
+        };
         let transient = e
             .chain()
             .filter_map(|c| c.downcast_ref::<pgrelay_source::SourceError>())

@@ -25,7 +25,8 @@ pub mod status;
 
 pub use config::{NativeConfig, Settings, TableSpec, TargetConfig};
 pub use reconcile::{
-    apply, connect_all, execute, plan, teardown_plan, wait_for_sync, Action, Plan, Server, Servers,
+    apply, connect_all, execute, plan, reenable_ready, teardown_plan, wait_for_sync, Action, Plan,
+    Server, Servers,
 };
 pub use status::{collect_status, record_metrics, Status, TargetStatus};
 
@@ -40,13 +41,21 @@ pub enum NativeError {
     /// The configuration is inconsistent.
     #[error("{0}")]
     Config(String),
-    /// A server could not be reached (after the configured attempts) or a
-    /// statement failed.
+    /// A statement failed.
     #[error("{server}: {source}")]
     Server {
         /// `source` or `target NAME`, with its address.
         server: String,
         /// What failed.
+        #[source]
+        source: Box<SourceError>,
+    },
+    /// A server could not be reached within the configured attempts.
+    #[error("{server}: {source}")]
+    Unreachable {
+        /// `source` or `target NAME`, with its address (no password).
+        server: String,
+        /// Why.
         #[source]
         source: Box<SourceError>,
     },
@@ -63,7 +72,9 @@ impl NativeError {
     /// Whether retrying later, unchanged, can succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            NativeError::Server { source, .. } => source.is_transient(),
+            NativeError::Server { source, .. } | NativeError::Unreachable { source, .. } => {
+                source.is_transient()
+            }
             NativeError::Interrupted => true,
             _ => false,
         }

@@ -111,7 +111,7 @@ pub async fn connect_server(
                 attempt += 1;
             }
             Err(e) => {
-                return Err(NativeError::Server {
+                return Err(NativeError::Unreachable {
                     server: format!("{label} ({})", config.redacted()),
                     source: Box::new(e),
                 })
@@ -989,6 +989,37 @@ pub async fn wait_for_sync(
         }
     }
     Ok(())
+}
+
+/// Re-enables the triggers pgrelay disabled on tables whose initial copy
+/// is done; returns how many tables still wait for theirs.
+pub async fn reenable_ready(
+    config: &NativeConfig,
+    servers: &Servers,
+) -> Result<usize, NativeError> {
+    let mut waiting = 0;
+    for (i, (tc, target)) in config.targets.iter().zip(&servers.targets).enumerate() {
+        let states = match find_subscription(target, &tc.subscription).await? {
+            Some(s) => s.tables,
+            None => continue,
+        };
+        let actions = reenable_actions(i, target, &tc.subscription, &states, false).await?;
+        let recorded: BTreeSet<TableName> = recorded_triggers(target, &tc.subscription)
+            .await?
+            .into_iter()
+            .map(|(t, _, _)| t)
+            .collect();
+        waiting += recorded.len().saturating_sub(actions.len());
+        execute(
+            &Plan {
+                actions,
+                ..Plan::default()
+            },
+            servers,
+        )
+        .await?;
+    }
+    Ok(waiting)
 }
 
 /// Plans and runs one reconcile (`dry_run`: plan only). Returns the plan.
