@@ -333,7 +333,7 @@ async fn replication_format_source_15_targets_15_and_17() {
     );
     for t in [&a, &b] {
         assert_eq!(
-            one(t, "SELECT string_agg(srrelid::regclass::text, ',' ORDER BY 1) FROM pg_subscription_rel").await,
+            one(t, "SELECT string_agg(srrelid::regclass::text, ',' ORDER BY srrelid::regclass::text) FROM pg_subscription_rel").await,
             "comments,users"
         );
     }

@@ -49,7 +49,15 @@ impl fmt::Display for TableName {
     }
 }
 
+/// A libpq connection-string value, quoted only when it must be (so the
+/// usual `host=db port=5432` stays readable inside the SQL literal).
 fn conn_value(v: &str) -> String {
+    if !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | ':' | ','))
+    {
+        return v.to_owned();
+    }
     let mut s = String::from("'");
     for c in v.chars() {
         if c == '\'' || c == '\\' {
@@ -131,7 +139,7 @@ mod tests {
         let (real, shown) = subscription_conninfo(&c);
         assert_eq!(
             real,
-            "host='db' port='6543' dbname='d' user='u' sslmode=disable password='s\\'e\\\\cret'"
+            "host=db port=6543 dbname=d user=u sslmode=disable password='s\\'e\\\\cret'"
         );
         assert!(!shown.contains("cret"));
         let back = Config::parse(&real).unwrap();
