@@ -497,7 +497,9 @@ async fn own_format_with_globs_and_no_initial_copy() {
     let t = tgt.connect("postgres").await;
     let schema = "CREATE SCHEMA sales; CREATE TABLE sales.orders (id int PRIMARY KEY, total numeric(10,2)); \
                   CREATE TABLE sales.audit_log (id int PRIMARY KEY); \
-                  CREATE TABLE public.misc (id int PRIMARY KEY)";
+                  CREATE TABLE public.misc (id int PRIMARY KEY); \
+                  CREATE TABLE sales.events (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at); \
+                  CREATE TABLE sales.events_2024 PARTITION OF sales.events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')";
     sql(&s, schema).await;
     sql(&t, schema).await;
     sql(
@@ -522,7 +524,8 @@ async fn own_format_with_globs_and_no_initial_copy() {
     let run = output(cmd).await;
     assert!(run.ok, "{}{}", run.stdout, run.stderr);
     assert!(
-        run.stdout.contains("FOR TABLE \"sales\".\"orders\";"),
+        run.stdout
+            .contains("FOR TABLE \"sales\".\"events\", \"sales\".\"orders\";"),
         "{}",
         run.stdout
     );
@@ -531,11 +534,22 @@ async fn own_format_with_globs_and_no_initial_copy() {
     wait_for(
         &t,
         "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate = 'r'",
-        "1",
+        "2",
         "ready",
     )
     .await;
-    sql(&s, "INSERT INTO sales.orders VALUES (2, 1.50)").await;
+    sql(
+        &s,
+        "INSERT INTO sales.orders VALUES (2, 1.50); INSERT INTO sales.events VALUES (7, '2024-05-01')",
+    )
+    .await;
+    wait_for(
+        &t,
+        "SELECT count(*) FROM sales.events_2024",
+        "1",
+        "row of a partition",
+    )
+    .await;
     wait_for(
         &t,
         "SELECT string_agg(id::text, ',') FROM sales.orders",
@@ -561,7 +575,7 @@ async fn own_format_with_globs_and_no_initial_copy() {
     let json = format!(
         r#"{{"replication": {{"publication_name": "own_pub", "source": {{"host": "127.0.0.1", "port": {}, "user": "postgres", "database": "postgres"}},
             "targets": [{{"name": "eu", "subscription_name": "pgrelay_eu", "host": "127.0.0.1", "port": {}, "user": "postgres", "database": "postgres"}}],
-            "tables": ["sales.orders", "sales.refunds"], "setings": {{}}}}}}"#,
+            "tables": ["sales.orders", "sales.refunds", "sales.events"], "setings": {{}}}}}}"#,
         src.port(),
         tgt.port()
     );

@@ -316,6 +316,35 @@ pub async fn resolve_tables(
     Ok(out.into_iter().collect())
 }
 
+/// The tables that receive rows: each table itself, or the leaf
+/// partitions of a partitioned table.
+pub async fn leaf_tables(
+    source: &Server,
+    tables: &[TableName],
+) -> Result<Vec<TableName>, NativeError> {
+    let mut out = BTreeSet::new();
+    for t in tables {
+        // pg_partition_tree gives nothing for a table outside any tree,
+        // and a partitioned table's own row is not a leaf.
+        for r in source
+            .rows(
+                "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.oid IN (SELECT relid FROM pg_partition_tree(to_regclass($1)) WHERE isleaf) \
+                    OR (c.oid = to_regclass($1) AND c.relkind = 'r')",
+                &[&t.quoted()],
+            )
+            .await?
+        {
+            out.insert(TableName {
+                schema: r.get(0),
+                name: r.get(1),
+            });
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
 /// The publication's tables (`None`: no such publication).
 pub async fn publication_tables(
     source: &Server,
@@ -772,7 +801,11 @@ pub async fn plan(config: &NativeConfig, servers: &Servers) -> Result<Plan, Nati
     }
     let mut plan = Plan::default();
     let desired = resolve_tables(&servers.source, &config.tables).await?;
-    check_tables(config, servers, &desired, &mut plan.warnings).await?;
+    // Subscriptions hold the leaves of partitioned tables (the default
+    // publish_via_partition_root = false), so targets are checked, and
+    // subscription table sets compared, at that level.
+    let leaves = leaf_tables(&servers.source, &desired).await?;
+    check_tables(config, servers, &leaves, &mut plan.warnings).await?;
     let pubname = ident(&config.publication);
     let list = |ts: &[&TableName]| ts.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
     match publication_tables(&servers.source, &config.publication).await? {
@@ -833,7 +866,7 @@ pub async fn plan(config: &NativeConfig, servers: &Servers) -> Result<Plan, Nati
                     reenable_actions(i, target, &tc.subscription, &BTreeMap::new(), true).await?,
                 );
                 if with_triggers {
-                    let d = disable_actions(i, target, &tc.subscription, &desired).await?;
+                    let d = disable_actions(i, target, &tc.subscription, &leaves).await?;
                     if !d.is_empty() {
                         plan.triggers_disabled.push(i);
                     }
@@ -877,8 +910,9 @@ pub async fn plan(config: &NativeConfig, servers: &Servers) -> Result<Plan, Nati
                     refresh = true;
                 }
                 let current: BTreeSet<&TableName> = s.tables.keys().collect();
-                let wanted: BTreeSet<&TableName> = desired.iter().collect();
+                let wanted: BTreeSet<&TableName> = leaves.iter().collect();
                 if current != wanted {
+                    tracing::info!(target = %tc.name, subscribed = ?current, published = ?wanted, "table sets differ; refreshing");
                     refresh = true;
                 }
                 if !s.enabled {
@@ -889,7 +923,7 @@ pub async fn plan(config: &NativeConfig, servers: &Servers) -> Result<Plan, Nati
                 }
                 if refresh {
                     if with_triggers {
-                        let new: Vec<TableName> = desired
+                        let new: Vec<TableName> = leaves
                             .iter()
                             .filter(|t| !s.tables.contains_key(t))
                             .cloned()
