@@ -607,3 +607,50 @@ async fn own_format_with_globs_and_no_initial_copy() {
         "0"
     );
 }
+
+/// Preconditions: a source without `wal_level = logical` is refused with
+/// the setting to change (exit 1, nothing created); an unreachable server
+/// is given up after `max_wait_attempts` (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_settings_are_checked_and_unreachable_servers_exit_2() {
+    let Some(&major) = pgrelay_testkit::majors().first() else {
+        return;
+    };
+    let pg = Cluster::builder(major)
+        .setting("wal_level", "replica")
+        .start();
+    pg.create_database("tgt");
+    let c = pg.connect("postgres").await;
+    sql(&c, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pgrelay.yml");
+    let yaml = |source_port: u16| {
+        format!(
+            "source: {{url: 'postgres://postgres@127.0.0.1:{source_port}/postgres', publication: p}}\n\
+             targets: [{{name: t1, url: '{}'}}]\n\
+             tables: [t]\n\
+             native: {{max_wait_attempts: 2, wait_interval: 100ms}}\n",
+            pg.superuser_url("tgt")
+        )
+    };
+    std::fs::write(&file, yaml(pg.port())).unwrap();
+    // Found as ./pgrelay.yml.
+    let run = native(dir.path(), &["apply"]).await;
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains("wal_level is replica; set wal_level = logical"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(one(&c, "SELECT count(*) FROM pg_publication").await, "0");
+    std::fs::write(&file, yaml(pgrelay_testkit::free_port())).unwrap();
+    let run = native(dir.path(), &["apply"]).await;
+    assert_eq!(run.code, Some(2), "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains("source (postgresql://postgres@127.0.0.1:"),
+        "{}",
+        run.stderr
+    );
+}
