@@ -127,8 +127,18 @@ fn once(settings: &Settings) -> Settings {
 }
 
 /// Collects the status, connecting to every server once (no waiting: an
-/// unreachable server is reported, not retried).
+/// unreachable server is reported, not retried; a connection attempt
+/// without its own `connect_timeout` gives up after 10 s so one
+/// black-holed server cannot stall the monitor).
 pub async fn collect_status(config: &NativeConfig) -> Status {
+    let mut config = config.clone();
+    for c in
+        std::iter::once(&mut config.source).chain(config.targets.iter_mut().map(|t| &mut t.conn))
+    {
+        c.connect_timeout
+            .get_or_insert(std::time::Duration::from_secs(10));
+    }
+    let config = &config;
     let source = connect_server("source", &config.source, &once(&config.settings)).await;
     let mut status = Status {
         healthy: false,
