@@ -200,7 +200,8 @@ async fn replication_format_source_15_targets_15_and_17() {
          CREATE FUNCTION bump() RETURNS trigger LANGUAGE plpgsql AS \
            $$BEGIN PERFORM nextval('public.fired'); RETURN NEW; END$$; \
          CREATE TRIGGER users_bump AFTER INSERT ON users FOR EACH ROW EXECUTE FUNCTION bump(); \
-         ALTER TABLE users ENABLE ALWAYS TRIGGER users_bump",
+         ALTER TABLE users ENABLE ALWAYS TRIGGER users_bump; \
+         CREATE TRIGGER posts_bump AFTER INSERT ON posts FOR EACH ROW EXECUTE FUNCTION bump()",
     )
     .await;
 
@@ -457,6 +458,39 @@ async fn replication_format_source_15_targets_15_and_17() {
     assert_databases_equal(&s, &a).await;
     assert_databases_equal(&s, &b).await;
 
+    // Re-adding a table whose target copy still holds rows: the initial
+    // copy fails on duplicate keys, and apply gives up after
+    // max_wait_attempts failures instead of waiting forever, leaving the
+    // trigger it disabled recorded (teardown restores it below).
+    sql(&a, "ALTER SYSTEM SET wal_retrieve_retry_interval = '100ms'").await;
+    sql(&a, "SELECT pg_reload_conf()").await;
+    std::fs::write(
+        &file,
+        replication_yaml(&src, &t1, &t2, &["users", "comments", "tags", "posts"]),
+    )
+    .unwrap();
+    let run = native(dir.path(), &["--config", file_s, "apply"]).await;
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("DISABLE TRIGGER \"posts_bump\""),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("target primary_replica: the initial copy of public.posts"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        one(
+            &a,
+            "SELECT tgenabled FROM pg_trigger WHERE tgname = 'posts_bump'"
+        )
+        .await,
+        "D"
+    );
+
     // teardown: refused off a terminal without --yes, then complete.
     let run = native(dir.path(), &["--config", file_s, "teardown"]).await;
     assert!(!run.ok);
@@ -475,6 +509,15 @@ async fn replication_format_source_15_targets_15_and_17() {
     assert_eq!(
         one(&s, "SELECT (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_replication_slots)").await,
         "0"
+    );
+    assert_eq!(
+        one(
+            &a,
+            "SELECT tgenabled FROM pg_trigger WHERE tgname = 'posts_bump'"
+        )
+        .await,
+        "O",
+        "teardown did not restore the trigger"
     );
     let out = native_ok(dir.path(), &["--config", file_s, "teardown", "--yes"]).await;
     assert!(out.starts_with("nothing to tear down"), "{out}");

@@ -966,9 +966,11 @@ pub async fn execute(plan: &Plan, servers: &Servers) -> Result<(), NativeError> 
 }
 
 /// Waits until every table of the targets `which` is ready (`r`), then
-/// re-enables the triggers pgrelay disabled there. Unbounded: an initial
-/// copy takes as long as the data needs; the caller stops it on shutdown
-/// (the next reconcile re-enables what is left).
+/// re-enables the triggers pgrelay disabled there. An initial copy takes
+/// as long as the data needs, so time is not limited; failures are (on
+/// 15+, `pg_stat_subscription_stats.sync_error_count`): after
+/// `max_wait_attempts` failed copies this gives up with an error. The
+/// caller stops it on shutdown (the next reconcile re-enables what is left).
 pub async fn wait_for_sync(
     config: &NativeConfig,
     servers: &Servers,
@@ -978,7 +980,7 @@ pub async fn wait_for_sync(
     for &i in which {
         let tc = &config.targets[i];
         let target = &servers.targets[i];
-        let mut last_errors: i64 = -1;
+        let (mut first_errors, mut last_errors): (i64, i64) = (-1, -1);
         loop {
             let Some(s) = find_subscription(target, &tc.subscription).await? else {
                 break;
@@ -1013,10 +1015,24 @@ pub async fn wait_for_sync(
                     .first()
                     .map(|r| r.get(0))
                     .unwrap_or(0);
-                if last_errors >= 0 && errors > last_errors {
+                if first_errors < 0 {
+                    first_errors = errors;
+                } else if errors > last_errors {
                     tracing::warn!(target = %tc.name, errors, "initial table copy failed and is being retried; see the target's server log");
                 }
                 last_errors = errors;
+                if errors - first_errors >= i64::from(tc.settings.max_wait_attempts) {
+                    return Err(NativeError::Precondition(format!(
+                        "target {}: the initial copy of {} failed {} times (see the target's \
+                         server log, e.g. duplicate keys in a table that was not empty); the \
+                         subscription keeps retrying, and the triggers pgrelay disabled stay \
+                         disabled until the copy succeeds (the next apply or run re-enables \
+                         them)",
+                        tc.name,
+                        pending.join(", "),
+                        errors - first_errors
+                    )));
+                }
             }
             tracing::info!(target = %tc.name, pending = %pending.join(", "), "waiting for initial sync");
             tokio::time::sleep(poll).await;
