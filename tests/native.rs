@@ -478,6 +478,12 @@ async fn replication_format_source_15_targets_15_and_17() {
     );
     assert!(
         run.stderr
+            .contains("warning: target second_replica: table public.posts already holds rows"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
             .contains("target primary_replica: the initial copy of public.posts"),
         "{}",
         run.stderr

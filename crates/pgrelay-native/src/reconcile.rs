@@ -741,6 +741,27 @@ async fn reenable_actions(
         .collect())
 }
 
+/// Warns about target tables that already hold rows before their initial
+/// copy: rows the source also has make the copy fail on duplicate keys.
+async fn warn_non_empty(
+    target: &Server,
+    name: &str,
+    tables: &[TableName],
+    warnings: &mut Vec<String>,
+) -> Result<(), NativeError> {
+    for t in tables {
+        let q = format!("SELECT EXISTS (SELECT 1 FROM {})", t.quoted());
+        if target.rows(&q, &[]).await?[0].get::<_, bool>(0) {
+            warnings.push(format!(
+                "target {name}: table {t} already holds rows and is about to get its initial \
+                 copy; rows the source also has will make the copy fail on duplicate keys \
+                 (empty the table first, or set enable_initial_sync: false for this target)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Disable actions for the enabled user triggers of `tables`.
 async fn disable_actions(
     i: usize,
@@ -865,6 +886,9 @@ pub async fn plan(config: &NativeConfig, servers: &Servers) -> Result<Plan, Nati
                 plan.actions.extend(
                     reenable_actions(i, target, &tc.subscription, &BTreeMap::new(), true).await?,
                 );
+                if copy {
+                    warn_non_empty(target, &tc.name, &leaves, &mut plan.warnings).await?;
+                }
                 if with_triggers {
                     let d = disable_actions(i, target, &tc.subscription, &leaves).await?;
                     if !d.is_empty() {
@@ -922,12 +946,15 @@ pub async fn plan(config: &NativeConfig, servers: &Servers) -> Result<Plan, Nati
                     ));
                 }
                 if refresh {
+                    let new: Vec<TableName> = leaves
+                        .iter()
+                        .filter(|t| !s.tables.contains_key(t))
+                        .cloned()
+                        .collect();
+                    if copy {
+                        warn_non_empty(target, &tc.name, &new, &mut plan.warnings).await?;
+                    }
                     if with_triggers {
-                        let new: Vec<TableName> = leaves
-                            .iter()
-                            .filter(|t| !s.tables.contains_key(t))
-                            .cloned()
-                            .collect();
                         let d = disable_actions(i, target, &tc.subscription, &new).await?;
                         if !d.is_empty() {
                             plan.triggers_disabled.push(i);
