@@ -418,6 +418,18 @@ async fn replication_format_source_15_targets_15_and_17() {
     })
     .await;
 
+    // A file that does not parse is reported (503) and the previous
+    // configuration kept.
+    std::fs::write(&file, "replication:\n  publication_nam: x\n").unwrap();
+    let doc = health_until(&addr, "a broken file was not reported", |code, d| {
+        code == 503 && d["last_reconcile"]["ok"] == false
+    })
+    .await;
+    let message = doc["last_reconcile"]["message"].as_str().unwrap();
+    assert!(message.contains("configuration not reloaded"), "{message}");
+    assert!(message.contains("publication_nam"), "{message}");
+    assert_eq!(doc["targets"][0]["healthy"], true);
+
     // A file change reconciles too: tags joins and its rows arrive.
     std::fs::write(
         &file,
@@ -527,6 +539,20 @@ async fn replication_format_source_15_targets_15_and_17() {
     );
     let out = native_ok(dir.path(), &["--config", file_s, "teardown", "--yes"]).await;
     assert!(out.starts_with("nothing to tear down"), "{out}");
+    let run = native(dir.path(), &["--config", file_s, "status"]).await;
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains("publication app_publication: missing on the source"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("subscription second_subscription missing"),
+        "{}",
+        run.stdout
+    );
 }
 
 /// pgrelay's own YAML (shared with the streamer): globs, the streamer's
