@@ -33,39 +33,67 @@ pub use status::{collect_status, record_metrics, Status, TargetStatus};
 use pgrelay_source::SourceError;
 
 /// What can go wrong in `pgrelay native`.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Display` and `source()` are written by hand: the server errors are
+/// boxed (they are large) and `source()` must return the `SourceError`
+/// itself, not its box, so callers walking the chain find it.
+#[derive(Debug)]
 pub enum NativeError {
     /// The configuration file could not be read or parsed.
-    #[error(transparent)]
-    File(#[from] pgrelay_config::ConfigFileError),
+    File(pgrelay_config::ConfigFileError),
     /// The configuration is inconsistent.
-    #[error("{0}")]
     Config(String),
     /// A statement failed.
-    #[error("{server}: {source}")]
     Server {
-        /// `source` or `target NAME`, with its address.
+        /// `source` or `target NAME`.
         server: String,
         /// What failed.
-        #[source]
         source: Box<SourceError>,
     },
     /// A server could not be reached within the configured attempts.
-    #[error("{server}: {source}")]
     Unreachable {
         /// `source` or `target NAME`, with its address (no password).
         server: String,
         /// Why.
-        #[source]
         source: Box<SourceError>,
     },
     /// A server is not set up for logical replication, or a target lacks
     /// tables or columns; the message names everything to fix.
-    #[error("{0}")]
     Precondition(String),
     /// Stopped by a shutdown request.
-    #[error("interrupted")]
     Interrupted,
+}
+
+impl std::fmt::Display for NativeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NativeError::File(e) => e.fmt(f),
+            NativeError::Config(m) | NativeError::Precondition(m) => f.write_str(m),
+            NativeError::Server { server, source }
+            | NativeError::Unreachable { server, source } => {
+                write!(f, "{server}: {source}")
+            }
+            NativeError::Interrupted => f.write_str("interrupted"),
+        }
+    }
+}
+
+impl std::error::Error for NativeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            NativeError::File(e) => e.source(),
+            NativeError::Server { source, .. } | NativeError::Unreachable { source, .. } => {
+                Some(&**source)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<pgrelay_config::ConfigFileError> for NativeError {
+    fn from(e: pgrelay_config::ConfigFileError) -> Self {
+        NativeError::File(e)
+    }
 }
 
 impl NativeError {
@@ -83,5 +111,23 @@ impl NativeError {
     /// Whether the configuration (not a server) is at fault.
     pub fn is_config(&self) -> bool {
         matches!(self, NativeError::File(_) | NativeError::Config(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_expose_the_source_error_as_cause() {
+        let e = NativeError::Unreachable {
+            server: "source".into(),
+            source: Box::new(SourceError::from(
+                pgrelay_source::Config::parse("port=notanumber").unwrap_err(),
+            )),
+        };
+        let cause = std::error::Error::source(&e).expect("a cause");
+        assert!(cause.downcast_ref::<SourceError>().is_some());
+        assert!(!e.is_config());
     }
 }
