@@ -632,6 +632,36 @@ async fn own_format_with_globs_and_no_initial_copy() {
         "new row only",
     )
     .await;
+    // status --json on these majors: healthy (exit 0) once the worker
+    // runs and the slot is confirmed, with the LSNs filled in.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let doc: Json = loop {
+        let mut cmd = pgrelay(dir.path());
+        cmd.env("PGRELAY_CONFIG", &file)
+            .args(["native", "status", "--json"]);
+        let run = output(cmd).await;
+        let doc: Json = serde_json::from_str(&run.stdout).expect("status --json is JSON");
+        if run.ok {
+            break doc;
+        }
+        assert!(Instant::now() < deadline, "never healthy: {doc:#}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let eu = &doc["targets"][0];
+    assert_eq!(eu["subscription"], "pgrelay_eu");
+    assert!(
+        eu["received_lsn"].is_string() && eu["confirmed_flush_lsn"].is_string(),
+        "{doc:#}"
+    );
+    assert!(
+        eu["lag_bytes"].is_i64() && eu["lag_seconds"].is_f64(),
+        "{doc:#}"
+    );
+    assert_eq!(
+        doc["publication"]["tables"],
+        serde_json::json!(["sales.events", "sales.orders"])
+    );
+
     // A new table matching the glob joins on the next apply.
     sql(&s, "CREATE TABLE sales.refunds (id int PRIMARY KEY)").await;
     sql(&t, "CREATE TABLE sales.refunds (id int PRIMARY KEY)").await;
