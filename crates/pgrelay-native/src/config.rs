@@ -683,6 +683,34 @@ replication:
     }
 
     #[test]
+    fn search_orders_follow_the_issue() {
+        let env = |k: &str| match k {
+            "CONFIG_FILE" => Some("/srv/r.yml".to_owned()),
+            "PGRELAY_CONFIG" => Some(String::new()),
+            _ => None,
+        };
+        let r: Vec<String> = replication_candidates(&env)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            r,
+            [
+                "/srv/r.yml",
+                "/config/replication-config.yml",
+                "./config/replication-config.yml",
+                "./replication-config.yml",
+                "../replication-config.yml"
+            ]
+        );
+        let o: Vec<String> = own_candidates(&env)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(o, ["./pgrelay.yml", "/etc/pgrelay/pgrelay.yml"]);
+    }
+
+    #[test]
     fn globs() {
         assert!(table_matches("*", "public", "users"));
         assert!(!table_matches("*", "app", "users"));
