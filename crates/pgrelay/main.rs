@@ -9,6 +9,7 @@
 mod demo;
 mod http;
 mod replica;
+mod native;
 mod sqlconn;
 mod stream;
 mod tail;
@@ -48,6 +49,8 @@ enum Command {
     Replica(replica::ReplicaArgs),
     /// Application roles on the primary: create, list, drop.
     Users(users::UsersArgs),
+    /// Keep native publications and subscriptions in the configured shape.
+    Native(native::NativeArgs),
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
@@ -123,6 +126,7 @@ fn main() {
             Command::Cleanup(args) => stream::cleanup(args).await,
             Command::Replica(args) => replica::run(args, shutdown_signal()).await,
             Command::Users(args) => users::run(args).await,
+            Command::Native(args) => native::run(args, shutdown_signal()).await,
         }
     });
     if let Err(e) = result {
@@ -140,7 +144,10 @@ fn main() {
             }
             std::process::exit(1);
         }
-        let code = if tail::is_usage_error(&e) || stream::is_usage_error(&e) {
+        let code = if tail::is_usage_error(&e)
+            || stream::is_usage_error(&e)
+            || native::is_usage_error(&e)
+        {
             2
         } else {
             1
