@@ -44,6 +44,19 @@ impl Cluster {
         run_pgbench(self.pgbench_command(db, clients, transactions));
     }
 
+    /// `pgbench -n -c clients -T seconds` as `role` (a testkit role with
+    /// [`crate::TEST_PASSWORD`]): an application load that is not a
+    /// superuser, so it can be fenced.
+    pub fn pgbench_command_as(&self, role: &str, db: &str, clients: u32, seconds: u32) -> Command {
+        let bin = client_tool("pgbench").unwrap_or_else(|e| panic!("{e}"));
+        let mut c = Command::new(bin);
+        c.args(["-h", "127.0.0.1", "-p", &self.port().to_string(), "-U", role])
+            .env("PGPASSWORD", crate::TEST_PASSWORD)
+            .args(["-n", "-c", &clients.to_string(), "-T", &seconds.to_string()])
+            .arg(db);
+        c
+    }
+
     /// The command [`Cluster::pgbench_run`] runs, to start it in the
     /// background (`tokio::process::Command::from(cmd).output()`) while a
     /// test does other things.

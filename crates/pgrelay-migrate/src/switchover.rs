@@ -1,0 +1,299 @@
+//! `pgrelay switchover`: the cutover from the source to the targets.
+//!
+//! Steps, each reported with its duration: check that lag is small; fence
+//! writes on the source (every login role that is not a superuser or a
+//! replication role — or only `--role` ones — gets
+//! `default_transaction_read_only = on`, and their sessions are
+//! terminated); read the source's final WAL position; wait until the
+//! pipeline's slot is confirmed past it, which means every target has
+//! durably applied everything (the streamer confirms only what all
+//! targets committed); copy every sequence's `last_value`/`is_called`;
+//! verify every table at that quiescent point; report the write downtime
+//! (fence to done). If a step fails, the fence is undone (each fenced
+//! role's previous setting restored) and the error says what happened.
+//! The source stays read-only on success. With `--reverse`, a pipeline
+//! from the new primary back to the old one is set up (slot, publication,
+//! tables marked copied) so the old server stays a ready fallback.
+//! PostgreSQL docs: "ALTER ROLE" (role-specific settings),
+//! "pg_terminate_backend", "Sequence Manipulation Functions" (setval).
+
+use std::time::{Duration, Instant};
+
+use pgrelay_stream::select::{quote_ident, quote_literal};
+use pgrelay_stream::StreamConfig;
+use pgrelay_types::Lsn;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::MigrateError;
+
+/// Switchover options.
+#[derive(Debug, Clone)]
+pub struct SwitchoverOptions {
+    /// Largest lag (bytes) at which the cutover may start.
+    pub max_lag_bytes: u64,
+    /// Fence only these roles (default: every non-replication login role).
+    pub roles: Vec<String>,
+    /// How long to wait for the targets to drain.
+    pub drain_timeout: Duration,
+    /// Verify the tables after draining.
+    pub verify: bool,
+}
+
+/// What happened.
+#[derive(Debug, Serialize)]
+pub struct SwitchoverReport {
+    /// Roles made read-only on the source.
+    pub fenced_roles: Vec<String>,
+    /// Sessions terminated.
+    pub terminated_sessions: i64,
+    /// The source's last WAL position after the fence.
+    pub final_lsn: String,
+    /// Sequences copied per target.
+    pub sequences: usize,
+    /// Tables verified per target.
+    pub tables_verified: usize,
+    /// Milliseconds from the fence to the end.
+    pub write_downtime_ms: u128,
+    /// Per-step durations in milliseconds.
+    pub steps: Vec<(String, u128)>,
+}
+
+struct Fence {
+    /// (role, previous default_transaction_read_only setting or None)
+    roles: Vec<(String, Option<String>)>,
+}
+
+async fn q(c: &Client, what: &str, sql: &str) -> Result<Vec<tokio_postgres::Row>, MigrateError> {
+    c.query(sql, &[]).await.map_err(|e| MigrateError::sql(what, e))
+}
+
+/// Runs the cutover for `config`'s pipeline.
+pub async fn switchover(config: &StreamConfig, options: &SwitchoverOptions) -> Result<SwitchoverReport, MigrateError> {
+    let source = pgrelay_source::connect_sql(&config.source).await?;
+    let mut steps = Vec::new();
+    let mut step = Instant::now();
+    let mut mark = |name: &str, step: &mut Instant| {
+        steps.push((name.to_owned(), step.elapsed().as_millis()));
+        *step = Instant::now();
+    };
+
+    // 1. Lag must be small, and the streamer running (slot active).
+    let slot = source
+        .query_opt(
+            "SELECT active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
+               FROM pg_replication_slots WHERE slot_name = $1",
+            &[&config.slot],
+        )
+        .await
+        .map_err(|e| MigrateError::sql("reading the slot", e))?
+        .ok_or_else(|| MigrateError::Fatal(format!("slot {} does not exist: run `pgrelay init` and `pgrelay stream` first", config.slot)))?;
+    let active: bool = slot.get(0);
+    let lag: i64 = slot.get::<_, Option<i64>>(1).unwrap_or(0);
+    if !active {
+        return Err(MigrateError::Fatal(format!(
+            "no `pgrelay stream` is streaming from slot {}: start it and wait until lag is small",
+            config.slot
+        )));
+    }
+    if lag as u64 > options.max_lag_bytes {
+        return Err(MigrateError::Fatal(format!(
+            "lag is {lag} bytes, more than --max-lag {}; wait until the targets catch up (pgrelay status)",
+            options.max_lag_bytes
+        )));
+    }
+    mark("check lag", &mut step);
+
+    // 2. Fence.
+    let fence_started = Instant::now();
+    let fence = fence(&source, &options.roles).await?;
+    let result = async {
+        let terminated: i64 = source
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                  WHERE usename = ANY($1) AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+                &[&fence.roles.iter().map(|r| r.0.clone()).collect::<Vec<_>>()],
+            )
+            .await
+            .map_err(|e| MigrateError::sql("terminating sessions", e))?
+            .get(0);
+        // Transactions already committing finish; give them a moment.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let final_lsn: String = source
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|e| MigrateError::sql("reading the final LSN", e))?
+            .get(0);
+        let final_lsn_v: Lsn = final_lsn.parse().unwrap_or(Lsn::INVALID);
+        let mut steps_local = vec![("fence writes".to_owned(), fence_started.elapsed().as_millis())];
+        let t = Instant::now();
+
+        // 3. Drain: the slot is confirmed only up to what every target
+        // committed, so this is "every target applied everything".
+        let deadline = Instant::now() + options.drain_timeout;
+        loop {
+            let confirmed: Option<String> = source
+                .query_one(
+                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&config.slot],
+                )
+                .await
+                .map_err(|e| MigrateError::sql("reading the slot", e))?
+                .get(0);
+            let c: Lsn = confirmed.and_then(|s| s.parse().ok()).unwrap_or(Lsn::INVALID);
+            if c >= final_lsn_v {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(MigrateError::Fatal(format!(
+                    "the targets did not apply everything up to {final_lsn} within {:?} (slot confirmed at {c}); is `pgrelay stream` healthy?",
+                    options.drain_timeout
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        steps_local.push(("drain".to_owned(), t.elapsed().as_millis()));
+        let t = Instant::now();
+
+        // 4. Sequences.
+        let seqs = sequences(&source, config).await?;
+        let mut targets = Vec::new();
+        for tc in &config.targets {
+            let c = pgrelay_source::connect_sql(&tc.config).await?;
+            copy_sequences(&source, &c, &seqs).await.map_err(|e| MigrateError::Fatal(format!("target {}: {e}", tc.name)))?;
+            targets.push(c);
+        }
+        steps_local.push(("sync sequences".to_owned(), t.elapsed().as_millis()));
+        let t = Instant::now();
+
+        // 5. Verify.
+        let mut verified = 0;
+        if options.verify {
+            for tc in &config.targets {
+                let results = crate::verify::verify_target(config, tc, 0).await?;
+                let bad: Vec<String> = results.iter().filter(|r| !r.equal).map(|r| format!("{}.{}", r.schema, r.name)).collect();
+                if !bad.is_empty() {
+                    return Err(MigrateError::Fatal(format!(
+                        "target {} differs from the source in {}; run `pgrelay verify` for the ranges",
+                        tc.name,
+                        bad.join(", ")
+                    )));
+                }
+                verified = results.len();
+            }
+            steps_local.push(("verify".to_owned(), t.elapsed().as_millis()));
+        }
+        for (tc, c) in config.targets.iter().zip(&targets) {
+            let _ = crate::phase::set(c, &config.slot, "switched over", Some(&final_lsn)).await;
+            let _ = tc;
+        }
+        Ok((terminated, final_lsn, seqs.len(), verified, steps_local))
+    }
+    .await;
+    match result {
+        Ok((terminated, final_lsn, sequences, tables_verified, more)) => {
+            steps.extend(more);
+            Ok(SwitchoverReport {
+                fenced_roles: fence.roles.iter().map(|r| r.0.clone()).collect(),
+                terminated_sessions: terminated,
+                final_lsn,
+                sequences,
+                tables_verified,
+                write_downtime_ms: fence_started.elapsed().as_millis(),
+                steps,
+            })
+        }
+        Err(e) => {
+            let undo = unfence(&source, &fence).await;
+            Err(MigrateError::Fatal(format!(
+                "switchover failed, the source accepts writes again{}: {e}",
+                match undo {
+                    Ok(()) => String::new(),
+                    Err(u) => format!(" (undoing the fence failed too: {u}; run ALTER ROLE … RESET default_transaction_read_only by hand)"),
+                }
+            )))
+        }
+    }
+}
+
+async fn fence(source: &Client, only: &[String]) -> Result<Fence, MigrateError> {
+    let rows = q(
+        source,
+        "listing roles",
+        "SELECT r.rolname::text,
+                (SELECT option_value FROM pg_db_role_setting s, pg_options_to_table(s.setconfig)
+                  WHERE s.setrole = r.oid AND s.setdatabase = 0 AND option_name = 'default_transaction_read_only')
+           FROM pg_roles r
+          WHERE r.rolcanlogin AND NOT r.rolsuper AND NOT r.rolreplication AND r.rolname <> current_user
+            AND r.rolname NOT LIKE 'pg\\_%'",
+    )
+    .await?;
+    let mut fence = Fence { roles: Vec::new() };
+    for r in rows {
+        let name: String = r.get(0);
+        if !only.is_empty() && !only.contains(&name) {
+            continue;
+        }
+        source
+            .batch_execute(&format!("ALTER ROLE {} SET default_transaction_read_only = on", quote_ident(&name)))
+            .await
+            .map_err(|e| MigrateError::sql("fencing a role", e))?;
+        fence.roles.push((name, r.get(1)));
+    }
+    for want in only {
+        if !fence.roles.iter().any(|r| &r.0 == want) {
+            return Err(MigrateError::Fatal(format!("--role {want}: no such login role (superusers and replication roles cannot be fenced)")));
+        }
+    }
+    Ok(fence)
+}
+
+async fn unfence(source: &Client, fence: &Fence) -> Result<(), tokio_postgres::Error> {
+    for (role, previous) in &fence.roles {
+        let sql = match previous {
+            Some(v) => format!("ALTER ROLE {} SET default_transaction_read_only = {}", quote_ident(role), quote_literal(v)),
+            None => format!("ALTER ROLE {} RESET default_transaction_read_only", quote_ident(role)),
+        };
+        source.batch_execute(&sql).await?;
+    }
+    Ok(())
+}
+
+/// Sequences in the schemas of the selected tables.
+async fn sequences(source: &Client, config: &StreamConfig) -> Result<Vec<(String, String)>, MigrateError> {
+    let tables = config
+        .tables
+        .resolve(source)
+        .await
+        .map_err(|e| MigrateError::sql("listing tables", e))?;
+    let schemas: Vec<String> = {
+        let mut s: Vec<String> = tables.iter().map(|t| t.schema.clone()).collect();
+        s.sort();
+        s.dedup();
+        s
+    };
+    let rows = source
+        .query(
+            "SELECT schemaname::text, sequencename::text FROM pg_sequences WHERE schemaname = ANY($1) ORDER BY 1, 2",
+            &[&schemas],
+        )
+        .await
+        .map_err(|e| MigrateError::sql("listing sequences", e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Copies `last_value`/`is_called` of each sequence (setval on the target).
+pub async fn copy_sequences(source: &Client, target: &Client, seqs: &[(String, String)]) -> Result<(), tokio_postgres::Error> {
+    for (s, n) in seqs {
+        let name = format!("{}.{}", quote_ident(s), quote_ident(n));
+        let row = source
+            .query_one(&format!("SELECT last_value, is_called FROM {name}"), &[])
+            .await?;
+        let last: i64 = row.get(0);
+        let called: bool = row.get(1);
+        target
+            .execute("SELECT setval($1::text::regclass, $2, $3)", &[&name, &last, &called])
+            .await?;
+    }
+    Ok(())
+}

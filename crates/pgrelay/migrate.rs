@@ -1,0 +1,266 @@
+//! `pgrelay validate`, `init`, `verify` and `switchover`: the migration
+//! commands around pgrelay-migrate, reading the same configuration as
+//! `pgrelay stream` (the targets being the new servers).
+
+use std::future::Future;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use pgrelay_migrate::validate::{Check, ValidateOptions, Verdict};
+
+use crate::stream::PipelineArgs;
+
+/// `pgrelay validate`.
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    /// Targets may lack the tables: `init` will copy the schema.
+    #[arg(long)]
+    schema_copy: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `pgrelay init`.
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
+    /// Drop and recreate the target databases first.
+    #[arg(long)]
+    drop_existing: bool,
+    /// Also copy roles and their grants.
+    #[arg(long)]
+    roles: bool,
+    /// Also copy large objects (logical replication does not carry them).
+    #[arg(long)]
+    large_objects: bool,
+    /// Parallel connections per target for indexes and constraints.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+}
+
+/// `pgrelay verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    /// Parallel connections per side.
+    #[arg(long, default_value_t = 0)]
+    parallel: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `pgrelay switchover`.
+#[derive(Debug, clap::Args)]
+pub struct SwitchoverArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    /// Largest lag at which to start, in bytes (units allowed: 16MB).
+    #[arg(long, default_value = "16MB")]
+    max_lag: pgrelay_config::ByteSize,
+    /// Fence only this role (repeatable; default: every login role that is
+    /// neither superuser nor replication).
+    #[arg(long = "role", value_name = "ROLE")]
+    roles: Vec<String>,
+    /// Longest wait for the targets to apply everything.
+    #[arg(long, default_value = "60s", value_parser = pgrelay_config::duration::parse)]
+    drain_timeout: Duration,
+    /// Skip the verification after draining.
+    #[arg(long)]
+    no_verify: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn print_checks(checks: &[Check]) {
+    let mut server = String::new();
+    for c in checks {
+        if c.server != server {
+            server = c.server.clone();
+            println!("{server}");
+        }
+        let mark = match c.verdict {
+            Verdict::Pass => "✓",
+            Verdict::Warn => "!",
+            Verdict::Fail => "✗",
+        };
+        println!("  {mark} {}: {}", c.check, c.found);
+        if let Some(fix) = &c.fix {
+            println!("      fix: {fix}");
+        }
+    }
+}
+
+/// Runs the checklist; exit 1 on any failure.
+pub async fn validate(args: ValidateArgs) -> Result<()> {
+    let config = args.pipeline.load(None)?;
+    let checks = pgrelay_migrate::validate::validate(
+        &config,
+        ValidateOptions {
+            schema_copy: args.schema_copy,
+            copy_workers: config.apply.copy_workers,
+        },
+    )
+    .await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        print_checks(&checks);
+    }
+    let failed = checks.iter().filter(|c| c.verdict == Verdict::Fail).count();
+    if failed > 0 {
+        if !args.json {
+            println!("{failed} check(s) failed");
+        }
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn confirm(question: &str) -> Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!("{question} — not a terminal: pass --yes to confirm");
+    }
+    eprint!("{question} [y/N] ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading the answer")?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+/// Schema, data and post-data into the targets.
+pub async fn init(args: InitArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    let config = args.pipeline.load(None)?;
+    let (plan, dump) = pgrelay_migrate::init::plan(&config).await?;
+    println!("{:<48} {:>14} {:>12}", "TABLE", "ROWS (est.)", "SIZE");
+    for t in &plan.tables {
+        println!("{:<48} {:>14} {:>9.1} MB", t.table, t.rows, t.bytes as f64 / 1e6);
+    }
+    println!(
+        "total {:.1} MB; measured source read rate {:.1} MB/s; estimated copy time {:.0} s; schema from {}",
+        plan.total_bytes as f64 / 1e6,
+        plan.measured_rate / 1e6,
+        plan.eta_seconds,
+        plan.schema_source
+    );
+    let what = format!(
+        "copy the schema and data of {} tables into {} target(s){}",
+        plan.tables.len(),
+        config.targets.len(),
+        if args.drop_existing { ", DROPPING the existing target databases" } else { "" }
+    );
+    if !args.yes && !confirm(&format!("{what}?"))? {
+        println!("nothing changed");
+        return Ok(());
+    }
+    let report = pgrelay_migrate::init::init(
+        &config,
+        &dump,
+        &pgrelay_migrate::init::InitOptions {
+            drop_existing: args.drop_existing,
+            roles: args.roles,
+            large_objects: args.large_objects,
+            parallel: args.parallel,
+        },
+        shutdown,
+    )
+    .await?;
+    for (phase, secs) in &report.phases {
+        println!("  {phase}: {secs:.1} s");
+    }
+    println!(
+        "initialized: {} pre-data and {} post-data statements, {} large objects; now run `pgrelay stream` (same configuration)",
+        report.pre_data, report.post_data, report.large_objects
+    );
+    Ok(())
+}
+
+/// Compares every table; exit 1 on a difference.
+pub async fn verify(args: VerifyArgs) -> Result<()> {
+    let config = args.pipeline.load(None)?;
+    let mut all_equal = true;
+    let mut json = Vec::new();
+    for t in &config.targets {
+        let results = pgrelay_migrate::verify::verify_target(&config, t, args.parallel).await?;
+        for r in &results {
+            all_equal &= r.equal;
+            if !args.json {
+                let mark = if r.equal { "✓" } else { "✗" };
+                println!(
+                    "{mark} {}: {}.{}: {} rows on the source, {} on the target ({:.1} s)",
+                    t.name,
+                    r.schema,
+                    r.name,
+                    r.source_rows,
+                    r.target_rows,
+                    r.elapsed.as_secs_f64()
+                );
+                for range in &r.mismatched_ranges {
+                    println!("      differs in {range:?}");
+                }
+            }
+        }
+        json.push(serde_json::json!({"target": t.name, "tables": results.iter().map(|r| serde_json::json!({
+            "schema": r.schema, "table": r.name, "equal": r.equal, "source_rows": r.source_rows,
+            "target_rows": r.target_rows, "mismatched_ranges": format!("{:?}", r.mismatched_ranges),
+            "seconds": r.elapsed.as_secs_f64()})).collect::<Vec<_>>()}));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    }
+    if !all_equal {
+        if !args.json {
+            println!("differences found");
+        }
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The cutover.
+pub async fn switchover(args: SwitchoverArgs) -> Result<()> {
+    let config = args.pipeline.load(None)?;
+    if !args.yes && !confirm("fence writes on the source and switch over to the targets?")? {
+        println!("nothing changed");
+        return Ok(());
+    }
+    let report = pgrelay_migrate::switchover::switchover(
+        &config,
+        &pgrelay_migrate::switchover::SwitchoverOptions {
+            max_lag_bytes: args.max_lag.0,
+            roles: args.roles,
+            drain_timeout: args.drain_timeout,
+            verify: !args.no_verify,
+        },
+    )
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for (step, ms) in &report.steps {
+            println!("  {step}: {ms} ms");
+        }
+        println!(
+            "switched over at {}: fenced {} role(s), terminated {} session(s), {} sequence(s) copied, {} table(s) verified",
+            report.final_lsn,
+            report.fenced_roles.len(),
+            report.terminated_sessions,
+            report.sequences,
+            report.tables_verified
+        );
+        println!("write downtime: {:.3} s (the source stays read-only for the fenced roles)", report.write_downtime_ms as f64 / 1000.0);
+    }
+    Ok(())
+}
