@@ -132,9 +132,9 @@ struct Current {
 
 struct InsertRun {
     table: usize,
-    rows: Vec<Tuple>,
+    /// Each row with the commit LSN of its source transaction.
+    rows: Vec<(Lsn, Tuple)>,
     bytes: usize,
-    first_lsn: Lsn,
     all_text: bool,
 }
 
@@ -639,12 +639,11 @@ impl Applier {
             table: ti,
             rows: Vec::new(),
             bytes: 0,
-            first_lsn: lsn,
             all_text: true,
         });
         run.bytes += new.payload_len();
         run.all_text &= !new.values().iter().any(|v| matches!(v, Value::Binary(_)));
-        run.rows.push(new.clone());
+        run.rows.push((lsn, new.clone()));
         if run.rows.len() >= RUN_MAX_ROWS || run.bytes >= RUN_MAX_BYTES {
             self.flush_run().await?;
         }
@@ -661,10 +660,10 @@ impl Applier {
         if run.rows.len() >= COPY_MIN_ROWS && run.all_text {
             return self.copy_run(run).await;
         }
-        let stmt = self.statement(ti, &[K_INSERT], run.first_lsn).await?;
-        for row in &run.rows {
+        let stmt = self.statement(ti, &[K_INSERT], run.rows[0].0).await?;
+        for (lsn, row) in &run.rows {
             let params = row.values().iter().map(param).collect();
-            self.execute(stmt.clone(), params, Op::Insert, ti, run.first_lsn)
+            self.execute(stmt.clone(), params, Op::Insert, ti, *lsn)
                 .await?;
         }
         Ok(())
@@ -672,11 +671,13 @@ impl Applier {
 
     async fn copy_run(&mut self, run: InsertRun) -> Result<(), ApplyError> {
         let ti = run.table;
-        let stmt = self.statement(ti, &[K_COPY], run.first_lsn).await?;
+        let first_lsn = run.rows[0].0;
+        let last_lsn = run.rows[run.rows.len() - 1].0;
+        let stmt = self.statement(ti, &[K_COPY], first_lsn).await?;
         self.pipeline.drain().await?;
         let ncols = self.tables[ti].cols.len();
         let mut buf = BytesMut::with_capacity(run.bytes + run.rows.len() * (ncols * 2 + 1));
-        for row in &run.rows {
+        for (_, row) in &run.rows {
             for (i, v) in row.values().iter().enumerate() {
                 if i > 0 {
                     buf.put_u8(b'\t');
@@ -702,9 +703,9 @@ impl Applier {
                 &e,
                 ErrorContext {
                     table: Some(self.tables[ti].display.to_string()),
-                    commit_lsn: Some(run.first_lsn),
+                    commit_lsn: Some(first_lsn),
                     operation: format!(
-                        "COPY of {} inserted rows (source transactions from this one on)",
+                        "COPY of {} inserted rows (source transactions {first_lsn} to {last_lsn})",
                         run.rows.len()
                     ),
                 },

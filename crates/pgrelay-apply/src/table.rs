@@ -88,7 +88,8 @@ SELECT c.relkind::text, a.attname::text, a.atttypid, t.typname::text, tn.nspname
           WHERE am.amname IN ('btree', 'hash') AND oc.opcdefault \
             AND (oc.opcintype = b.oid OR EXISTS ( \
                  SELECT 1 FROM pg_cast k WHERE k.castsource = b.oid \
-                   AND k.casttarget = oc.opcintype AND k.castmethod = 'b'))))) \
+                   AND k.casttarget = oc.opcintype AND k.castmethod = 'b' \
+                   AND k.castcontext = 'i'))))) \
 FROM pg_class c \
 JOIN pg_namespace n ON n.oid = c.relnamespace \
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
