@@ -211,7 +211,10 @@ pub fn compare(source: &[TableSpec], target: &[Option<TableSpec>]) -> Vec<Proble
             let name = display_ident(&col.name);
             match target_cols.get(col.name.as_str()) {
                 None => problem(
-                    format!("column {name} ({}) does not exist on the target", col.type_name),
+                    format!(
+                        "column {name} ({}) does not exist on the target",
+                        col.type_name
+                    ),
                     format!(
                         "on the target: ALTER TABLE {table} ADD COLUMN {name} {};",
                         col.type_name
@@ -276,7 +279,10 @@ mod tests {
             Some(spec("b", 'd', false, vec![col("x", "integer")])),
             None,
         ];
-        let p: Vec<String> = compare(&src, &tgt).iter().map(ToString::to_string).collect();
+        let p: Vec<String> = compare(&src, &tgt)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(p.len(), 4, "{p:#?}");
         assert!(p[0].starts_with("public.a: column id is integer on the source but bigint"));
         assert!(p[0].ends_with("ALTER TABLE public.a ALTER COLUMN id TYPE integer;"));

@@ -50,7 +50,7 @@ pub enum ApplyError {
     #[error("transient target error during {context}: {message}; pgrelay reconnects and replays from the last durable progress")]
     Transient {
         /// What was being done.
-        context: ErrorContext,
+        context: Box<ErrorContext>,
         /// The server's message or the connection failure.
         message: String,
         /// SQLSTATE, when the server sent one.
@@ -61,7 +61,7 @@ pub enum ApplyError {
     #[error("target refused {context}: {message}; fix: {fix}")]
     Fatal {
         /// What was being done, on which table, for which source transaction.
-        context: ErrorContext,
+        context: Box<ErrorContext>,
         /// The server's message (with detail) or our own diagnosis.
         message: String,
         /// SQLSTATE, when the server sent one.
@@ -104,7 +104,7 @@ impl ApplyError {
     /// A fatal error raised by pgrelay itself (no server error).
     pub(crate) fn fatal(context: ErrorContext, message: String, fix: String) -> Self {
         ApplyError::Fatal {
-            context,
+            context: Box::new(context),
             message,
             sqlstate: None,
             fix,
@@ -116,7 +116,7 @@ impl ApplyError {
         let Some(db) = e.as_db_error() else {
             // No SQLSTATE: the connection itself failed (I/O, closed).
             return ApplyError::Transient {
-                context,
+                context: Box::new(context),
                 message: describe_io(e),
                 sqlstate: None,
             };
@@ -134,14 +134,14 @@ impl ApplyError {
         message.push_str(&format!(" (SQLSTATE {code})"));
         if is_transient_sqlstate(&code) {
             return ApplyError::Transient {
-                context,
+                context: Box::new(context),
                 message,
                 sqlstate: Some(code),
             };
         }
         let fix = fix_for(&code, context.table.as_deref());
         ApplyError::Fatal {
-            context,
+            context: Box::new(context),
             message,
             sqlstate: Some(code),
             fix,
@@ -232,7 +232,9 @@ mod tests {
 
     #[test]
     fn classification() {
-        for c in ["08006", "08P01", "40001", "40P01", "53300", "57P01", "57P03"] {
+        for c in [
+            "08006", "08P01", "40001", "40P01", "53300", "57P01", "57P03",
+        ] {
             assert!(is_transient_sqlstate(c), "{c}");
         }
         for c in ["23505", "42P01", "42703", "42501", "22P02", "XX000"] {

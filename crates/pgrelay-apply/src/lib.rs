@@ -388,9 +388,8 @@ impl Applier {
                 // everything already queued, and the transaction is aborted
                 // anyway; waiting could hang on a dead connection.
                 let c = self.client.clone();
-                let mut fut: PgFuture = Box::pin(async move {
-                    c.batch_execute("ROLLBACK").await.map(|_| 0)
-                });
+                let mut fut: PgFuture =
+                    Box::pin(async move { c.batch_execute("ROLLBACK").await.map(|_| 0) });
                 let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
                 let _ = std::future::Future::poll(fut.as_mut(), &mut cx);
             }
@@ -485,7 +484,11 @@ impl Applier {
         self.batch_bytes += change.approx_size();
     }
 
-    async fn table_index(&mut self, rel: &Arc<RelationInfo>, lsn: Lsn) -> Result<usize, ApplyError> {
+    async fn table_index(
+        &mut self,
+        rel: &Arc<RelationInfo>,
+        lsn: Lsn,
+    ) -> Result<usize, ApplyError> {
         let ptr = Arc::as_ptr(rel) as usize;
         if let Some((_, i)) = self.by_ptr.get(&ptr) {
             return Ok(*i);
@@ -575,20 +578,16 @@ impl Applier {
         self.pipeline.drain().await?;
         let (sql, types) = self.tables[ti].build(key);
         tracing::debug!(table = %self.tables[ti].display, sql = %sql, "preparing");
-        let stmt = self
-            .client
-            .prepare_typed(&sql, &types)
-            .await
-            .map_err(|e| {
-                ApplyError::from_pg(
-                    &e,
-                    ErrorContext {
-                        table: Some(self.tables[ti].display.to_string()),
-                        commit_lsn: Some(lsn),
-                        operation: "preparing a statement".to_string(),
-                    },
-                )
-            })?;
+        let stmt = self.client.prepare_typed(&sql, &types).await.map_err(|e| {
+            ApplyError::from_pg(
+                &e,
+                ErrorContext {
+                    table: Some(self.tables[ti].display.to_string()),
+                    commit_lsn: Some(lsn),
+                    operation: "preparing a statement".to_string(),
+                },
+            )
+        })?;
         self.tables[ti].stmts.insert(key.to_vec(), stmt.clone());
         Ok(stmt)
     }
@@ -629,7 +628,11 @@ impl Applier {
     }
 
     async fn add_insert(&mut self, ti: usize, new: &Tuple, lsn: Lsn) -> Result<(), ApplyError> {
-        if new.values().iter().any(|v| matches!(v, Value::UnchangedToast)) {
+        if new
+            .values()
+            .iter()
+            .any(|v| matches!(v, Value::UnchangedToast))
+        {
             return Err(self.unchanged_toast_error(ti, lsn, "insert"));
         }
         if self.run.as_ref().is_some_and(|r| r.table != ti) {
@@ -882,7 +885,10 @@ impl Applier {
         self.durable = Some(p);
         self.pending = None;
         let target = &self.options.target;
-        for (i, op) in ["insert", "update", "delete", "truncate"].iter().enumerate() {
+        for (i, op) in ["insert", "update", "delete", "truncate"]
+            .iter()
+            .enumerate()
+        {
             if self.batch_counts[i] > 0 {
                 metrics::counter!(
                     "pgrelay_applied_changes_total",

@@ -121,7 +121,10 @@ fn parse_lsn(text: &str, what: &str) -> Result<Lsn, ApplyError> {
 }
 
 /// The durable progress of `pipeline`, if it has applied anything.
-pub async fn load_progress(client: &Client, pipeline: &str) -> Result<Option<Progress>, ApplyError> {
+pub async fn load_progress(
+    client: &Client,
+    pipeline: &str,
+) -> Result<Option<Progress>, ApplyError> {
     let rows = client
         .query(
             "SELECT commit_lsn::text, end_lsn::text, \
@@ -145,7 +148,10 @@ pub async fn load_progress(client: &Client, pipeline: &str) -> Result<Option<Pro
 }
 
 /// Every table_sync row of `pipeline`.
-pub async fn load_table_sync(client: &Client, pipeline: &str) -> Result<Vec<TableSync>, ApplyError> {
+pub async fn load_table_sync(
+    client: &Client,
+    pipeline: &str,
+) -> Result<Vec<TableSync>, ApplyError> {
     let rows = client
         .query(
             "SELECT schema_name, table_name, state, sync_lsn::text, rows_copied \
@@ -198,10 +204,16 @@ pub async fn drop_pipeline(client: &Client, pipeline: &str) -> Result<(), ApplyE
         .map_err(|e| ApplyError::from_pg(&e, c()))?;
     let result = async {
         client
-            .execute("DELETE FROM pgrelay.progress WHERE pipeline = $1", &[&pipeline])
+            .execute(
+                "DELETE FROM pgrelay.progress WHERE pipeline = $1",
+                &[&pipeline],
+            )
             .await?;
         client
-            .execute("DELETE FROM pgrelay.table_sync WHERE pipeline = $1", &[&pipeline])
+            .execute(
+                "DELETE FROM pgrelay.table_sync WHERE pipeline = $1",
+                &[&pipeline],
+            )
             .await?;
         let left: bool = client
             .query_one(

@@ -119,7 +119,7 @@ impl Table {
             .map_err(|e| ApplyError::from_pg(&e, ctx("reading the target table's columns")))?;
         if rows.is_empty() {
             return Err(ApplyError::Fatal {
-                context: ctx("looking up the target table"),
+                context: Box::new(ctx("looking up the target table")),
                 message: format!("table {display} does not exist on the target"),
                 sqlstate: Some("42P01".into()),
                 fix: format!(
@@ -132,17 +132,14 @@ impl Table {
         let partitioned = rows[0].get::<_, String>(0) == "p";
         let mut by_name: HashMap<String, (u32, String, String, bool, bool)> = HashMap::new();
         for r in &rows {
-            by_name.insert(
-                r.get(1),
-                (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)),
-            );
+            by_name.insert(r.get(1), (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)));
         }
         let mut cols = Vec::with_capacity(rel.columns.len());
         for c in &rel.columns {
             let Some((oid, typname, typschema, generated, has_eq)) = by_name.get(c.name.as_str())
             else {
                 return Err(ApplyError::Fatal {
-                    context: ctx("mapping source columns to the target table"),
+                    context: Box::new(ctx("mapping source columns to the target table")),
                     message: format!(
                         "column {} of {display} is replicated from the source but does not \
                          exist on the target",

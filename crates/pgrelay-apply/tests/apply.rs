@@ -11,8 +11,7 @@ use common::*;
 use pgrelay_apply::{meta, ApplyError, SessionRole};
 use pgrelay_testkit::{per_major, Cluster};
 use pgrelay_types::{
-    ByteStr, Change, Column, Oid, OldTuple, RelationInfo, ReplicaIdentity, TruncateOptions,
-    Value,
+    ByteStr, Change, Column, Oid, OldTuple, RelationInfo, ReplicaIdentity, TruncateOptions, Value,
 };
 
 per_major!(dml_by_name_copy_toast_key_change, |major| async move {
@@ -41,7 +40,11 @@ per_major!(dml_by_name_copy_toast_key_change, |major| async move {
         .await
         .unwrap()
         .get(0);
-    assert_ne!(rel.columns[2].type_oid, Oid(target_mood), "OIDs must differ");
+    assert_ne!(
+        rel.columns[2].type_oid,
+        Oid(target_mood),
+        "OIDs must differ"
+    );
 
     let mut a = applier(&cluster, "postgres", options("dml")).await;
     assert_eq!(a.progress(), None);
@@ -82,7 +85,17 @@ per_major!(dml_by_name_copy_toast_key_change, |major| async move {
         &mut a,
         2,
         vec![
-            insert(&rel, vec![t("1001"), t("odd\tone"), t("sad"), Value::Null, t("2"), Value::Null]),
+            insert(
+                &rel,
+                vec![
+                    t("1001"),
+                    t("odd\tone"),
+                    t("sad"),
+                    Value::Null,
+                    t("2"),
+                    Value::Null,
+                ],
+            ),
             insert(
                 &rel,
                 vec![
@@ -94,7 +107,10 @@ per_major!(dml_by_name_copy_toast_key_change, |major| async move {
                     Value::Null,
                 ],
             ),
-            insert(&rel, vec![t("1003"), t("c"), t("ok"), t("z"), t("3"), t("{}")]),
+            insert(
+                &rel,
+                vec![t("1003"), t("c"), t("ok"), t("z"), t("3"), t("{}")],
+            ),
         ],
     )
     .await;
@@ -138,7 +154,11 @@ per_major!(dml_by_name_copy_toast_key_change, |major| async move {
                 vec![t("2000"), t("moved"), t("ok"), t("b"), t("4"), t("{}")],
             ),
             delete(&rel, key("3")),
-            update(&rel, None, vec![t("99999"), t("ghost"), t("ok"), t("b"), t("4"), t("{}")]),
+            update(
+                &rel,
+                None,
+                vec![t("99999"), t("ghost"), t("ok"), t("b"), t("4"), t("{}")],
+            ),
             delete(&rel, key("99998")),
             Change::Message(pgrelay_types::LogicalMessage {
                 transactional: true,
@@ -188,7 +208,11 @@ per_major!(dml_by_name_copy_toast_key_change, |major| async move {
         ]
     );
     assert_eq!(
-        scalar(&target, "SELECT count(*) FROM items WHERE id IN (2, 3, 99999)").await,
+        scalar(
+            &target,
+            "SELECT count(*) FROM items WHERE id IN (2, 3, 99999)"
+        )
+        .await,
         "0"
     );
     let prog = rows(
@@ -200,72 +224,77 @@ per_major!(dml_by_name_copy_toast_key_change, |major| async move {
     assert_eq!(prog, vec![vec!["0/400", "0/428", "t"]]);
 });
 
-per_major!(replica_identity_full_duplicates_nulls_json, |major| async move {
-    let cluster = Cluster::start(major);
-    cluster.execute_blocking(
-        "postgres",
-        r#"CREATE TABLE public.logs (a int, b text, j json, p point, x xml);
+per_major!(
+    replica_identity_full_duplicates_nulls_json,
+    |major| async move {
+        let cluster = Cluster::start(major);
+        cluster.execute_blocking(
+            "postgres",
+            r#"CREATE TABLE public.logs (a int, b text, j json, p point, x xml);
            ALTER TABLE public.logs REPLICA IDENTITY FULL;
            INSERT INTO public.logs VALUES
              (1, 'x', '{"k": 1}', '(1,2)', '<a/>'), (1, 'x', '{"k": 1}', '(1,2)', '<a/>'),
              (1, 'x', '{"k": 1}', '(1,2)', '<a/>'),
              (2, NULL, NULL, NULL, NULL), (2, NULL, NULL, NULL, NULL),
              (3, 'keep', '[1, 2]', '(0,0)', NULL);"#,
-    );
-    let target = cluster.connect("postgres").await;
-    let rel = relation(&target, "public", "logs").await;
-    assert!(rel.columns.iter().all(|c| c.is_key));
-    let dup = || vec![t("1"), t("x"), t(r#"{"k": 1}"#), t("(1,2)"), t("<a/>")];
-    let nul = || vec![t("2"), Value::Null, Value::Null, Value::Null, Value::Null];
-    let mut a = applier(&cluster, "postgres", options("full")).await;
-    apply(
-        &mut a,
-        1,
-        vec![
-            // Exactly one of three identical rows changes.
-            update(
-                &rel,
-                Some(OldTuple::Full(row(dup()))),
-                vec![t("1"), t("y"), t(r#"{"k": 1}"#), t("(1,2)"), t("<a/>")],
-            ),
-            // NULLs match NULLs, and only one of two duplicates goes.
-            delete(&rel, OldTuple::Full(row(nul()))),
-            delete(&rel, OldTuple::Full(row(dup()))),
-            // An update setting a column to NULL, matched via json text.
-            update(
-                &rel,
-                Some(OldTuple::Full(row(vec![
-                    t("3"),
-                    t("keep"),
-                    t("[1, 2]"),
-                    t("(0,0)"),
-                    Value::Null,
-                ]))),
-                vec![t("3"), Value::Null, t("[1, 2]"), t("(0,0)"), t("<b/>")],
-            ),
-        ],
-    )
-    .await;
-    a.flush().await.expect("flush");
-    let r = rows(
-        &target,
-        "SELECT a, b, j::text, p::text, x::text FROM logs ORDER BY a, b NULLS LAST",
-    )
-    .await;
-    assert_eq!(
-        r,
-        vec![
-            vec!["1", "x", r#"{"k": 1}"#, "(1,2)", "<a/>"],
-            vec!["1", "y", r#"{"k": 1}"#, "(1,2)", "<a/>"],
-            vec!["2", "NULL", "NULL", "NULL", "NULL"],
-            vec!["3", "NULL", "[1, 2]", "(0,0)", "<b/>"],
-        ]
-    );
-});
+        );
+        let target = cluster.connect("postgres").await;
+        let rel = relation(&target, "public", "logs").await;
+        assert!(rel.columns.iter().all(|c| c.is_key));
+        let dup = || vec![t("1"), t("x"), t(r#"{"k": 1}"#), t("(1,2)"), t("<a/>")];
+        let nul = || vec![t("2"), Value::Null, Value::Null, Value::Null, Value::Null];
+        let mut a = applier(&cluster, "postgres", options("full")).await;
+        apply(
+            &mut a,
+            1,
+            vec![
+                // Exactly one of three identical rows changes.
+                update(
+                    &rel,
+                    Some(OldTuple::Full(row(dup()))),
+                    vec![t("1"), t("y"), t(r#"{"k": 1}"#), t("(1,2)"), t("<a/>")],
+                ),
+                // NULLs match NULLs, and only one of two duplicates goes.
+                delete(&rel, OldTuple::Full(row(nul()))),
+                delete(&rel, OldTuple::Full(row(dup()))),
+                // An update setting a column to NULL, matched via json text.
+                update(
+                    &rel,
+                    Some(OldTuple::Full(row(vec![
+                        t("3"),
+                        t("keep"),
+                        t("[1, 2]"),
+                        t("(0,0)"),
+                        Value::Null,
+                    ]))),
+                    vec![t("3"), Value::Null, t("[1, 2]"), t("(0,0)"), t("<b/>")],
+                ),
+            ],
+        )
+        .await;
+        a.flush().await.expect("flush");
+        let r = rows(
+            &target,
+            "SELECT a, b, j::text, p::text, x::text FROM logs ORDER BY a, b NULLS LAST",
+        )
+        .await;
+        assert_eq!(
+            r,
+            vec![
+                vec!["1", "x", r#"{"k": 1}"#, "(1,2)", "<a/>"],
+                vec!["1", "y", r#"{"k": 1}"#, "(1,2)", "<a/>"],
+                vec!["2", "NULL", "NULL", "NULL", "NULL"],
+                vec!["3", "NULL", "[1, 2]", "(0,0)", "<b/>"],
+            ]
+        );
+    }
+);
 
-per_major!(truncate_cascade_restart_identity_and_add_column, |major| async move {
-    let cluster = Cluster::start(major);
-    cluster.execute_blocking(
+per_major!(
+    truncate_cascade_restart_identity_and_add_column,
+    |major| async move {
+        let cluster = Cluster::start(major);
+        cluster.execute_blocking(
         "postgres",
         "CREATE TABLE public.parent (id int GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, v text);
          CREATE TABLE public.child (id int PRIMARY KEY, parent_id int REFERENCES public.parent);
@@ -275,73 +304,74 @@ per_major!(truncate_cascade_restart_identity_and_add_column, |major| async move 
          INSERT INTO public.other DEFAULT VALUES;
          CREATE TABLE public.evolve (id int PRIMARY KEY, a text);",
     );
-    let target = cluster.connect("postgres").await;
-    let parent = relation(&target, "public", "parent").await;
-    let other = relation(&target, "public", "other").await;
-    let evolve1 = relation(&target, "public", "evolve").await;
-    let mut a = applier(&cluster, "postgres", options("trunc")).await;
-    apply(
-        &mut a,
-        1,
-        vec![
-            Change::Truncate {
-                relations: vec![parent.clone()],
-                options: TruncateOptions {
-                    cascade: true,
-                    restart_identity: true,
+        let target = cluster.connect("postgres").await;
+        let parent = relation(&target, "public", "parent").await;
+        let other = relation(&target, "public", "other").await;
+        let evolve1 = relation(&target, "public", "evolve").await;
+        let mut a = applier(&cluster, "postgres", options("trunc")).await;
+        apply(
+            &mut a,
+            1,
+            vec![
+                Change::Truncate {
+                    relations: vec![parent.clone()],
+                    options: TruncateOptions {
+                        cascade: true,
+                        restart_identity: true,
+                    },
                 },
-            },
-            Change::Truncate {
-                relations: vec![other.clone()],
-                options: TruncateOptions::default(),
-            },
-            insert(&evolve1, vec![t("1"), t("a")]),
-        ],
-    )
-    .await;
-    a.flush().await.expect("flush");
-    assert_eq!(scalar(&target, "SELECT count(*) FROM child").await, "0");
-    assert_eq!(scalar(&target, "SELECT count(*) FROM parent").await, "0");
-    assert_eq!(
-        scalar(&target, "INSERT INTO parent (v) VALUES ('c') RETURNING id").await,
-        "1",
-        "RESTART IDENTITY"
-    );
-    assert_eq!(
-        scalar(&target, "INSERT INTO other DEFAULT VALUES RETURNING id").await,
-        "2",
-        "no RESTART IDENTITY"
-    );
+                Change::Truncate {
+                    relations: vec![other.clone()],
+                    options: TruncateOptions::default(),
+                },
+                insert(&evolve1, vec![t("1"), t("a")]),
+            ],
+        )
+        .await;
+        a.flush().await.expect("flush");
+        assert_eq!(scalar(&target, "SELECT count(*) FROM child").await, "0");
+        assert_eq!(scalar(&target, "SELECT count(*) FROM parent").await, "0");
+        assert_eq!(
+            scalar(&target, "INSERT INTO parent (v) VALUES ('c') RETURNING id").await,
+            "1",
+            "RESTART IDENTITY"
+        );
+        assert_eq!(
+            scalar(&target, "INSERT INTO other DEFAULT VALUES RETURNING id").await,
+            "2",
+            "no RESTART IDENTITY"
+        );
 
-    // Source and target both add a column; the new relation definition
-    // arrives mid-stream and is used without restarting.
-    target
-        .batch_execute("ALTER TABLE public.evolve ADD COLUMN b int")
-        .await
-        .unwrap();
-    let evolve2 = relation(&target, "public", "evolve").await;
-    assert_eq!(evolve2.columns.len(), 3);
-    apply(
-        &mut a,
-        2,
-        vec![
-            insert(&evolve2, vec![t("2"), t("b"), t("22")]),
-            update(&evolve2, None, vec![t("1"), t("a"), t("11")]),
-        ],
-    )
-    .await;
-    // An old-definition change still applies (it sets only its columns).
-    apply(&mut a, 3, vec![insert(&evolve1, vec![t("3"), t("c")])]).await;
-    a.flush().await.expect("flush");
-    assert_eq!(
-        rows(&target, "SELECT id, a, b FROM evolve ORDER BY id").await,
-        vec![
-            vec!["1", "a", "11"],
-            vec!["2", "b", "22"],
-            vec!["3", "c", "NULL"]
-        ]
-    );
-});
+        // Source and target both add a column; the new relation definition
+        // arrives mid-stream and is used without restarting.
+        target
+            .batch_execute("ALTER TABLE public.evolve ADD COLUMN b int")
+            .await
+            .unwrap();
+        let evolve2 = relation(&target, "public", "evolve").await;
+        assert_eq!(evolve2.columns.len(), 3);
+        apply(
+            &mut a,
+            2,
+            vec![
+                insert(&evolve2, vec![t("2"), t("b"), t("22")]),
+                update(&evolve2, None, vec![t("1"), t("a"), t("11")]),
+            ],
+        )
+        .await;
+        // An old-definition change still applies (it sets only its columns).
+        apply(&mut a, 3, vec![insert(&evolve1, vec![t("3"), t("c")])]).await;
+        a.flush().await.expect("flush");
+        assert_eq!(
+            rows(&target, "SELECT id, a, b FROM evolve ORDER BY id").await,
+            vec![
+                vec!["1", "a", "11"],
+                vec!["2", "b", "22"],
+                vec!["3", "c", "NULL"]
+            ]
+        );
+    }
+);
 
 per_major!(session_replication_role, |major| async move {
     let cluster = Cluster::start(major);
@@ -390,13 +420,18 @@ per_major!(session_replication_role, |major| async move {
     assert_eq!(scalar(&target, "SELECT count(*) FROM audit").await, "1");
     let i = info(2);
     o.begin(&i).await.unwrap();
-    o.changes(&[insert(&kid, vec![t("2"), t("43")])]).await.unwrap();
+    o.changes(&[insert(&kid, vec![t("2"), t("43")])])
+        .await
+        .unwrap();
     o.commit(&i).await.unwrap();
     let e = o.flush().await.expect_err("FK violation");
     assert!(!e.is_transient(), "{e}");
     assert_eq!(e.sqlstate(), Some("23503"), "{e}");
     let s = e.to_string();
-    assert!(s.contains("public.kid") && s.contains("0/200") && s.contains("fix:"), "{s}");
+    assert!(
+        s.contains("public.kid") && s.contains("0/200") && s.contains("fix:"),
+        "{s}"
+    );
 });
 
 per_major!(batching_crash_safety_and_replay, |major| async move {
@@ -473,7 +508,10 @@ per_major!(batching_crash_safety_and_replay, |major| async move {
         },
     )
     .await;
-    assert_eq!(c.progress().map(|p| p.commit_lsn), Some(info(51).commit_lsn));
+    assert_eq!(
+        c.progress().map(|p| p.commit_lsn),
+        Some(info(51).commit_lsn)
+    );
     let i = info(30);
     assert!(!c.begin(&i).await.unwrap());
     c.changes(&txn(30)).await.unwrap();
@@ -486,18 +524,28 @@ per_major!(batching_crash_safety_and_replay, |major| async move {
     c.begin(&i).await.unwrap();
     c.changes(&txn(53)).await.unwrap();
     assert!(!c.should_flush(), "never inside a source transaction");
-    assert_eq!(c.flush().await.unwrap(), None, "mid-transaction flush commits nothing");
+    assert_eq!(
+        c.flush().await.unwrap(),
+        None,
+        "mid-transaction flush commits nothing"
+    );
     c.commit(&i).await.unwrap();
     assert!(c.should_flush(), "6 changes >= 5");
     c.flush().await.unwrap();
     assert_eq!(scalar(&target, "SELECT count(*) FROM nokey").await, "53");
     assert_eq!(
-        scalar(&target, "SELECT count(*) FROM (SELECT a FROM nokey GROUP BY a HAVING count(*) > 1) d")
-            .await,
+        scalar(
+            &target,
+            "SELECT count(*) FROM (SELECT a FROM nokey GROUP BY a HAVING count(*) > 1) d"
+        )
+        .await,
         "0",
         "nothing doubled"
     );
-    assert_eq!(scalar(&target, "SELECT count(*) FROM kv WHERE v = 'v2'").await, "53");
+    assert_eq!(
+        scalar(&target, "SELECT count(*) FROM kv WHERE v = 'v2'").await,
+        "53"
+    );
 });
 
 per_major!(transient_and_fatal_errors, |major| async move {
@@ -533,8 +581,14 @@ per_major!(transient_and_fatal_errors, |major| async move {
     assert!(!e.is_transient());
     assert_eq!(e.sqlstate(), Some("42P01"));
     let s = e.to_string();
-    assert!(s.contains("public.ghost") && s.contains("0/700") && s.contains("fix:"), "{s}");
-    assert!(matches!(a.flush().await, Err(ApplyError::Usage(_))), "poisoned");
+    assert!(
+        s.contains("public.ghost") && s.contains("0/700") && s.contains("fix:"),
+        "{s}"
+    );
+    assert!(
+        matches!(a.flush().await, Err(ApplyError::Usage(_))),
+        "poisoned"
+    );
 
     // A duplicate key found only when the pipelined results are read:
     // fatal, attributed to the right table and transaction, and the whole
@@ -549,14 +603,19 @@ per_major!(transient_and_fatal_errors, |major| async move {
     assert!(s.contains("public.uq") && s.contains("0/200"), "{s}");
     drop(a);
     assert_eq!(scalar(&target, "SELECT count(*) FROM uq").await, "1");
-    assert!(meta::load_progress(&target, "errors").await.unwrap().is_none());
+    assert!(meta::load_progress(&target, "errors")
+        .await
+        .unwrap()
+        .is_none());
 
     // The target restarts mid-batch: transient.
     let mut a = applier(&cluster, "postgres", options("errors")).await;
     apply(&mut a, 1, vec![insert(&uq, vec![t("2"), t("ok")])]).await;
     let i = info(2);
     a.begin(&i).await.unwrap();
-    a.changes(&[insert(&uq, vec![t("3"), t("ok")])]).await.unwrap();
+    a.changes(&[insert(&uq, vec![t("3"), t("ok")])])
+        .await
+        .unwrap();
     a.flush().await.unwrap(); // sends and waits, commits nothing
     drop(target);
     cluster.restart();
@@ -612,7 +671,10 @@ per_major!(table_sync_filter_and_drop_pipeline, |major| async move {
     .await;
     apply(&mut a, 6, vec![insert(&synced, vec![t("2")])]).await;
     a.flush().await.unwrap();
-    assert_eq!(rows(&target, "SELECT id FROM synced").await, vec![vec!["2"]]);
+    assert_eq!(
+        rows(&target, "SELECT id FROM synced").await,
+        vec![vec!["2"]]
+    );
     assert_eq!(rows(&target, "SELECT id FROM plain").await, vec![vec!["1"]]);
     let i = info(7);
     a.begin(&i).await.unwrap();
@@ -625,13 +687,19 @@ per_major!(table_sync_filter_and_drop_pipeline, |major| async move {
 
     meta::drop_pipeline(&target, "ts").await.unwrap();
     assert!(meta::load_progress(&target, "ts").await.unwrap().is_none());
-    assert!(meta::load_table_sync(&target, "ts").await.unwrap().is_empty());
+    assert!(meta::load_table_sync(&target, "ts")
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(
         scalar(&target, "SELECT to_regnamespace('pgrelay') IS NOT NULL").await,
         "t",
         "another pipeline is left"
     );
     meta::drop_pipeline(&target, "other").await.unwrap();
-    assert_eq!(scalar(&target, "SELECT to_regnamespace('pgrelay') IS NULL").await, "t");
+    assert_eq!(
+        scalar(&target, "SELECT to_regnamespace('pgrelay') IS NULL").await,
+        "t"
+    );
     meta::drop_pipeline(&target, "other").await.unwrap();
 });

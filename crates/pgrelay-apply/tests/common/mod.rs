@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pgrelay_apply::{ApplyOptions, Applier, SessionRole};
+use pgrelay_apply::{Applier, ApplyOptions, SessionRole};
 use pgrelay_testkit::Cluster;
 use pgrelay_types::{
     ByteStr, Change, Column, Lsn, Oid, OldTuple, PgTimestamp, RelationInfo, ReplicaIdentity,
