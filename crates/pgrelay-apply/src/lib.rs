@@ -124,10 +124,20 @@ const PIPELINE_WINDOW: usize = 512;
 /// Forget pointer-keyed relation lookups past this many (the tables
 /// themselves stay cached by value).
 const MAX_REL_POINTERS: usize = 4096;
+/// Deferred (merged) updates are sent once this many keys are pending.
+const MAX_DEFERRED: usize = 10_000;
 
 struct Current {
     commit_lsn: Lsn,
     skip: bool,
+}
+
+/// Merged pending updates of one table: the newest full row per key, in
+/// first-update order, with the commit LSN of the newest update.
+#[derive(Default)]
+struct Deferred {
+    rows: Vec<(Lsn, Tuple)>,
+    index: HashMap<Vec<Value>, usize>,
 }
 
 struct InsertRun {
@@ -158,6 +168,11 @@ pub struct Applier {
     pipeline: Pipeline,
     progress_stmt: Statement,
     key: Vec<u8>,
+    /// Updates by unchanged key of independent tables, merged per key and
+    /// not yet sent (see `Table::independent`).
+    deferred: HashMap<usize, Deferred>,
+    deferred_len: usize,
+    copy_min_rows: usize,
     poisoned: bool,
 }
 
@@ -256,6 +271,9 @@ impl Applier {
             pipeline: Pipeline::new(PIPELINE_WINDOW, target),
             progress_stmt,
             key: Vec::new(),
+            deferred: HashMap::new(),
+            deferred_len: 0,
+            copy_min_rows: COPY_MIN_ROWS,
             poisoned: false,
         })
     }
@@ -268,6 +286,13 @@ impl Applier {
     /// The options this applier was built with.
     pub fn options(&self) -> &ApplyOptions {
         &self.options
+    }
+
+    /// Overrides the run length from which inserts go through COPY (for
+    /// the benchmark that measures the crossover; `usize::MAX` = never).
+    #[doc(hidden)]
+    pub fn set_copy_min_rows(&mut self, rows: usize) {
+        self.copy_min_rows = rows.max(1);
     }
 
     /// The target connection (e.g. for `check` or status queries between
@@ -383,6 +408,8 @@ impl Applier {
             self.poisoned = true;
             self.pipeline.clear();
             self.run = None;
+            self.deferred.clear();
+            self.deferred_len = 0;
             if self.in_tx && !self.client.is_closed() {
                 // Queue a ROLLBACK without waiting for it: it is sent after
                 // everything already queued, and the transaction is aborted
@@ -428,6 +455,7 @@ impl Applier {
                     self.account(change);
                     self.batch_counts[0] += 1;
                     self.ensure_tx().await?;
+                    self.before_change_to(ti).await?;
                     self.add_insert(ti, new, lsn).await?;
                 }
                 Change::Update { relation, old, new } => {
@@ -442,8 +470,13 @@ impl Applier {
                     self.account(change);
                     self.batch_counts[1] += 1;
                     self.ensure_tx().await?;
-                    self.flush_run().await?;
-                    self.update(ti, old.as_ref(), new, lsn).await?;
+                    if let Some(key) = self.deferrable(ti, old.as_ref(), new) {
+                        self.defer_update(ti, key, new, lsn).await?;
+                    } else {
+                        self.flush_run().await?;
+                        self.before_change_to(ti).await?;
+                        self.update(ti, old.as_ref(), new, lsn).await?;
+                    }
                 }
                 Change::Delete { relation, old } => {
                     let ti = self.table_index(relation, lsn).await?;
@@ -455,6 +488,7 @@ impl Applier {
                     self.batch_counts[2] += 1;
                     self.ensure_tx().await?;
                     self.flush_run().await?;
+                    self.before_change_to(ti).await?;
                     self.delete(ti, old, lsn).await?;
                 }
                 Change::Truncate { relations, options } => {
@@ -472,9 +506,111 @@ impl Applier {
                     self.batch_counts[3] += 1;
                     self.ensure_tx().await?;
                     self.flush_run().await?;
+                    self.flush_deferred_all().await?;
                     self.truncate(&tables, *options, lsn).await?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Before a change to table `ti` that is sent in source order: pending
+    /// deferred updates it could observe go first (only `ti`'s own for an
+    /// independent table, all of them otherwise).
+    async fn before_change_to(&mut self, ti: usize) -> Result<(), ApplyError> {
+        if self.deferred_len == 0 {
+            return Ok(());
+        }
+        if self.tables[ti].independent {
+            self.flush_deferred_table(ti).await
+        } else {
+            self.flush_deferred_all().await
+        }
+    }
+
+    /// The key of an update that may be deferred and merged: an
+    /// independent table, a key-based identity, and a key that does not
+    /// change.
+    fn deferrable(&self, ti: usize, old: Option<&OldTuple>, new: &Tuple) -> Option<Vec<Value>> {
+        let t = &self.tables[ti];
+        if !t.independent {
+            return None;
+        }
+        let mut key = Vec::new();
+        for (i, c) in t.rel.columns.iter().enumerate() {
+            if c.is_key {
+                let v = &new.values()[i];
+                if !matches!(v, Value::Text(_) | Value::Binary(_)) {
+                    return None;
+                }
+                if let Some(o) = old {
+                    match o {
+                        OldTuple::Key(o) if o.values()[i] == *v => {}
+                        _ => return None,
+                    }
+                }
+                key.push(v.clone());
+            }
+        }
+        (!key.is_empty()).then_some(key)
+    }
+
+    async fn defer_update(
+        &mut self,
+        ti: usize,
+        key: Vec<Value>,
+        new: &Tuple,
+        lsn: Lsn,
+    ) -> Result<(), ApplyError> {
+        // The buffered insert run goes first if this update could observe
+        // it: same table, or a table whose changes must stay in order.
+        if let Some(run) = &self.run {
+            if run.table == ti || !self.tables[run.table].independent {
+                self.flush_run().await?;
+            }
+        }
+        let d = self.deferred.entry(ti).or_default();
+        match d.index.get(&key) {
+            Some(&i) => {
+                let (l, row) = &mut d.rows[i];
+                *l = lsn;
+                for (slot, v) in row.0.iter_mut().zip(new.values()) {
+                    if !matches!(v, Value::UnchangedToast) {
+                        *slot = v.clone();
+                    }
+                }
+            }
+            None => {
+                d.index.insert(key, d.rows.len());
+                d.rows.push((lsn, new.clone()));
+                self.deferred_len += 1;
+            }
+        }
+        if self.deferred_len >= MAX_DEFERRED {
+            self.flush_deferred_all().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_deferred_table(&mut self, ti: usize) -> Result<(), ApplyError> {
+        let Some(d) = self.deferred.remove(&ti) else {
+            return Ok(());
+        };
+        self.deferred_len -= d.rows.len();
+        for (lsn, row) in &d.rows {
+            self.update(ti, None, row, *lsn).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_deferred_all(&mut self) -> Result<(), ApplyError> {
+        if self.deferred_len == 0 {
+            return Ok(());
+        }
+        let mut tables: Vec<usize> = self.deferred.keys().copied().collect();
+        tables.sort_unstable();
+        for ti in tables {
+            self.flush_deferred_table(ti).await?;
         }
         Ok(())
     }
@@ -503,7 +639,9 @@ impl Applier {
             Some(i) => i,
             None => {
                 self.pipeline.drain().await?;
-                let t = Table::lookup(&self.client, rel, &self.table_sync, Some(lsn)).await?;
+                let replica = self.options.session_replication_role == SessionRole::Replica;
+                let t =
+                    Table::lookup(&self.client, rel, &self.table_sync, Some(lsn), replica).await?;
                 tracing::debug!(table = %t.display, columns = t.cols.len(), "target table mapped");
                 self.tables.push(t);
                 self.tables.len() - 1
@@ -660,7 +798,7 @@ impl Applier {
             return Ok(());
         };
         let ti = run.table;
-        if run.rows.len() >= COPY_MIN_ROWS && run.all_text {
+        if run.rows.len() >= self.copy_min_rows && run.all_text {
             return self.copy_run(run).await;
         }
         let stmt = self.statement(ti, &[K_INSERT], run.rows[0].0).await?;
@@ -854,6 +992,7 @@ impl Applier {
     async fn flush_inner(&mut self) -> Result<Option<Progress>, ApplyError> {
         if self.current.is_some() {
             self.flush_run().await?;
+            self.flush_deferred_all().await?;
             self.pipeline.drain().await?;
             return Ok(None);
         }
@@ -861,6 +1000,7 @@ impl Applier {
             return Ok(None);
         };
         self.flush_run().await?;
+        self.flush_deferred_all().await?;
         self.ensure_tx().await?;
         let params = vec![
             Param::Text(Bytes::from(self.options.pipeline.clone())),

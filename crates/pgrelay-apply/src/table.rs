@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use pgrelay_types::{Lsn, RelationInfo};
+use pgrelay_types::{Lsn, RelationInfo, ReplicaIdentity};
 use tokio_postgres::types::{Kind, Type};
 use tokio_postgres::{Client, Statement};
 
@@ -70,6 +70,13 @@ pub(crate) struct Table {
     pub cols: Vec<TargetColumn>,
     pub sync: Sync,
     pub stmts: HashMap<Vec<u8>, Statement>,
+    /// Updates of this table by an unchanged key may be deferred and
+    /// merged within a target transaction: nothing can observe the order of
+    /// its row changes relative to other tables or other keys (no trigger
+    /// fires, no rule, no inheritance, no unique or exclusion constraint
+    /// other than on the key columns, and `session_replication_role =
+    /// replica` so foreign keys are not checked).
+    pub independent: bool,
 }
 
 /// Statement keys start with one of these.
@@ -98,6 +105,23 @@ JOIN pg_namespace tn ON tn.oid = t.typnamespace \
 JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')";
 
+/// Whether the table is plain (no rules, inheritance children or triggers
+/// that fire under `session_replication_role = replica`), and the columns
+/// (sorted, comma-separated; `!` for expression, partial or exclusion
+/// indexes) of each of its unique indexes.
+const INDEPENDENT: &str = "\
+SELECT c.relkind = 'r' AND NOT c.relhasrules AND NOT c.relhassubclass \
+       AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid \
+                       AND t.tgenabled IN ('A', 'R')), \
+       ARRAY(SELECT CASE WHEN i.indexprs IS NULL AND i.indpred IS NULL AND NOT i.indisexclusion \
+                    THEN (SELECT string_agg(a.attname::text, ',' ORDER BY a.attname) \
+                          FROM pg_attribute a \
+                          WHERE a.attrelid = c.oid AND a.attnum = ANY (i.indkey)) \
+                    ELSE '!' END \
+             FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisunique OR i.indisexclusion)) \
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')";
+
 impl Table {
     /// Reads the target's definition of `rel`'s table and maps columns by name.
     pub async fn lookup(
@@ -105,6 +129,7 @@ impl Table {
         rel: &Arc<RelationInfo>,
         sync: &HashMap<(String, String), TableSync>,
         commit_lsn: Option<Lsn>,
+        replica_role: bool,
     ) -> Result<Table, ApplyError> {
         let schema = rel.schema_name();
         let display: Arc<str> = display_qualified(schema, &rel.name).into();
@@ -183,7 +208,13 @@ impl Table {
             Some(s) if s.state == SyncState::Ready => Sync::Ready(s.sync_lsn),
             Some(_) => Sync::Copying,
         };
+        let independent = replica_role
+            && rel.replica_identity != ReplicaIdentity::Full
+            && Self::independent(client, rel)
+                .await
+                .map_err(|e| ApplyError::from_pg(&e, ctx("reading the target table's indexes")))?;
         Ok(Table {
+            independent,
             rel: rel.clone(),
             display,
             qualified: quote_qualified(schema, &rel.name),
@@ -192,6 +223,26 @@ impl Table {
             sync,
             stmts: HashMap::new(),
         })
+    }
+
+    async fn independent(
+        client: &Client,
+        rel: &RelationInfo,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let mut key: Vec<&str> = rel.key_columns().map(|(_, c)| c.name.as_str()).collect();
+        if key.is_empty() {
+            return Ok(false);
+        }
+        key.sort_unstable();
+        let key = key.join(",");
+        let row = client
+            .query_opt(INDEPENDENT, &[&rel.schema_name(), &rel.name.as_str()])
+            .await?;
+        Ok(row.is_some_and(|r| {
+            let plain: bool = r.get(0);
+            let unique: Vec<String> = r.get(1);
+            plain && unique.iter().all(|u| *u == key)
+        }))
     }
 
     /// The SQL and parameter types of the statement with `key`.

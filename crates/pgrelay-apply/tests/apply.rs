@@ -703,3 +703,87 @@ per_major!(table_sync_filter_and_drop_pipeline, |major| async move {
     );
     meta::drop_pipeline(&target, "other").await.unwrap();
 });
+
+per_major!(
+    repeated_updates_merge_only_when_unobservable,
+    |major| async move {
+        let cluster = Cluster::start(major);
+        cluster.execute_blocking(
+            "postgres",
+            "CREATE TABLE public.branch (id int PRIMARY KEY, bal int, note text);
+         INSERT INTO public.branch VALUES (1, 0, repeat('n', 10000));
+         CREATE TABLE public.acct (id int PRIMARY KEY, bal int);
+         CREATE TABLE public.hist (id int, delta int);
+         CREATE TABLE public.u (id int PRIMARY KEY, code int UNIQUE);
+         INSERT INTO public.u VALUES (1, 10), (2, 20);",
+        );
+        let target = cluster.connect("postgres").await;
+        let branch = relation(&target, "public", "branch").await;
+        let acct = relation(&target, "public", "acct").await;
+        let hist = relation(&target, "public", "hist").await;
+        let u = relation(&target, "public", "u").await;
+        let mut a = applier(&cluster, "postgres", options("merge")).await;
+        let mut n = 0;
+        for i in 1..=50 {
+            n += 1;
+            let mut changes = vec![
+                update(
+                    &branch,
+                    None,
+                    vec![t("1"), t(&i.to_string()), Value::UnchangedToast],
+                ),
+                insert(&hist, vec![t(&i.to_string()), t("1")]),
+            ];
+            if i == 1 {
+                changes.push(insert(&acct, vec![t("7"), t("0")]));
+            }
+            changes.push(update(&acct, None, vec![t("7"), t(&i.to_string())]));
+            if i == 25 {
+                // Delete and re-insert of a key between merged updates.
+                changes.push(delete(&acct, OldTuple::Key(row(vec![t("7"), Value::Null]))));
+                changes.push(insert(&acct, vec![t("7"), t("1000")]));
+                // A key change.
+                changes.push(update(
+                    &acct,
+                    Some(OldTuple::Key(row(vec![t("7"), Value::Null]))),
+                    vec![t("8"), t("2000")],
+                ));
+                changes.push(insert(&acct, vec![t("7"), t("25")]));
+            }
+            apply(&mut a, n, changes).await;
+        }
+        // A table with another unique constraint keeps source order: merging
+        // id 1's updates would collide with id 2 on code 20.
+        n += 1;
+        apply(
+            &mut a,
+            n,
+            vec![
+                update(&u, None, vec![t("1"), t("15")]),
+                update(&u, None, vec![t("2"), t("30")]),
+                update(&u, None, vec![t("1"), t("20")]),
+            ],
+        )
+        .await;
+        a.flush().await.unwrap();
+        assert_eq!(
+            rows(
+                &target,
+                "SELECT bal, length(note), split_part(trim(both '()' FROM ctid::text), ',', 2) \
+             FROM branch"
+            )
+            .await,
+            vec![vec!["50", "10000", "2"]],
+            "50 updates of one row in one batch became one"
+        );
+        assert_eq!(
+            rows(&target, "SELECT id, bal FROM acct ORDER BY id").await,
+            vec![vec!["7", "50"], vec!["8", "2000"]]
+        );
+        assert_eq!(scalar(&target, "SELECT count(*) FROM hist").await, "50");
+        assert_eq!(
+            rows(&target, "SELECT id, code FROM u ORDER BY id").await,
+            vec![vec!["1", "20"], vec!["2", "30"]]
+        );
+    }
+);

@@ -1,0 +1,323 @@
+//! Apply throughput against a real PostgreSQL 16 target, and the run length
+//! from which COPY beats pipelined single-row INSERTs.
+//!
+//! Scenarios (changes are built in memory first; only applying is timed,
+//! including every flush):
+//! - crossover: transactions of k inserts into one table followed by one
+//!   update of another table (which ends the insert run), once with every
+//!   run sent as pipelined INSERTs and once with every run sent as COPY;
+//! - single-row insert transactions (a backlog of tiny transactions);
+//! - TPC-B-like transactions (pgbench's three updates by key and one insert);
+//! - one large transaction of inserts.
+//!
+//! Run: `cargo bench -p pgrelay-apply --bench apply` (PGRELAY_BENCH_SCALE,
+//! default 1.0, multiplies every transaction count).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pgrelay_apply::{Applier, ApplyOptions};
+use pgrelay_testkit::Cluster;
+use pgrelay_types::{
+    ByteStr, Change, Column, Lsn, Oid, PgTimestamp, RelationInfo, ReplicaIdentity, TransactionInfo,
+    TransactionKind, Tuple, Value, Xid,
+};
+
+fn rel(oid: u32, name: &str, cols: &[(&str, u32, bool)]) -> Arc<RelationInfo> {
+    Arc::new(RelationInfo {
+        oid: Oid(oid),
+        schema: ByteStr::from_static("public"),
+        name: ByteStr::from(name.to_string()),
+        replica_identity: ReplicaIdentity::Default,
+        columns: cols
+            .iter()
+            .map(|(n, ty, key)| Column {
+                name: ByteStr::from(n.to_string()),
+                type_oid: Oid(*ty),
+                type_modifier: -1,
+                is_key: *key,
+            })
+            .collect(),
+    })
+}
+
+fn v(s: impl ToString) -> Value {
+    Value::Text(Bytes::from(s.to_string()))
+}
+
+struct Txn {
+    info: TransactionInfo,
+    changes: Vec<Change>,
+}
+
+struct Lsns(u64);
+
+impl Lsns {
+    fn next(&mut self) -> TransactionInfo {
+        self.0 += 0x100;
+        TransactionInfo {
+            xid: Xid(self.0 as u32),
+            commit_lsn: Lsn(self.0),
+            end_lsn: Lsn(self.0 + 0x30),
+            commit_ts: PgTimestamp(0),
+            origin: None,
+            kind: TransactionKind::Plain,
+        }
+    }
+}
+
+async fn run(a: &mut Applier, txns: &[Txn]) -> Duration {
+    let start = Instant::now();
+    for t in txns {
+        a.begin(&t.info).await.expect("begin");
+        a.changes(&t.changes).await.expect("changes");
+        a.commit(&t.info).await.expect("commit");
+        if a.should_flush() {
+            a.flush().await.expect("flush");
+        }
+    }
+    a.flush().await.expect("flush");
+    start.elapsed()
+}
+
+async fn applier(pg: &Cluster, pipeline: &str) -> Applier {
+    Applier::new(
+        pg.connect("postgres").await,
+        ApplyOptions {
+            pipeline: pipeline.to_string(),
+            target: "bench".to_string(),
+            ..ApplyOptions::default()
+        },
+    )
+    .await
+    .expect("applier")
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("apply bench: run with `cargo bench -p pgrelay-apply --bench apply`");
+        return;
+    }
+    let scale: f64 = std::env::var("PGRELAY_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let n = |x: f64| ((x * scale) as usize).max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pg = Cluster::builder(16)
+        .setting("max_wal_size", "'4GB'")
+        .setting("synchronous_commit", "on")
+        .start();
+    pg.execute_blocking(
+        "postgres",
+        "CREATE TABLE a (id bigint PRIMARY KEY, payload text);
+         CREATE TABLE b (id int PRIMARY KEY, n int);
+         INSERT INTO b VALUES (1, 0);
+         CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84));
+         CREATE TABLE pgbench_tellers (tid int PRIMARY KEY, bid int, tbalance int, filler char(84));
+         CREATE TABLE pgbench_branches (bid int PRIMARY KEY, bbalance int, filler char(88));
+         CREATE TABLE pgbench_history (tid int, bid int, aid int, delta int, mtime timestamp,
+                                       filler char(22));
+         INSERT INTO pgbench_accounts SELECT g, 1, 0, '' FROM generate_series(1, 100000) g;
+         INSERT INTO pgbench_tellers SELECT g, 1, 0, '' FROM generate_series(1, 10) g;
+         INSERT INTO pgbench_branches VALUES (1, 0, '');",
+    );
+    pg.execute_blocking("postgres", "VACUUM ANALYZE");
+    let ra = rel(1, "a", &[("id", 20, true), ("payload", 25, false)]);
+    let rb = rel(2, "b", &[("id", 23, true), ("n", 23, false)]);
+    let acc = rel(
+        3,
+        "pgbench_accounts",
+        &[
+            ("aid", 23, true),
+            ("bid", 23, false),
+            ("abalance", 23, false),
+            ("filler", 1042, false),
+        ],
+    );
+    let tel = rel(
+        4,
+        "pgbench_tellers",
+        &[
+            ("tid", 23, true),
+            ("bid", 23, false),
+            ("tbalance", 23, false),
+            ("filler", 1042, false),
+        ],
+    );
+    let bra = rel(
+        5,
+        "pgbench_branches",
+        &[
+            ("bid", 23, true),
+            ("bbalance", 23, false),
+            ("filler", 1042, false),
+        ],
+    );
+    let his = rel(
+        6,
+        "pgbench_history",
+        &[
+            ("tid", 23, false),
+            ("bid", 23, false),
+            ("aid", 23, false),
+            ("delta", 23, false),
+            ("mtime", 1114, false),
+            ("filler", 1042, false),
+        ],
+    );
+    let payload = "p".repeat(100);
+    let mut lsns = Lsns(0);
+    let mut next_id = 0u64;
+    let mut pipeline_no = 0;
+    let mut pipeline = || {
+        pipeline_no += 1;
+        format!("bench{pipeline_no}")
+    };
+
+    println!("crossover: k inserts + 1 update per transaction (inserts/s)");
+    println!("{:>4} {:>12} {:>12}", "k", "INSERT", "COPY");
+    for k in [1usize, 2, 4, 8, 16, 32, 64, 128] {
+        let txns = n(40_000.0 / k as f64 + 200.0);
+        let mut result = Vec::new();
+        for copy_min in [usize::MAX, 1] {
+            let work: Vec<Txn> = (0..txns)
+                .map(|_| {
+                    let mut changes: Vec<Change> = (0..k)
+                        .map(|_| {
+                            next_id += 1;
+                            Change::Insert {
+                                relation: ra.clone(),
+                                new: Tuple(vec![v(next_id), v(&payload)]),
+                            }
+                        })
+                        .collect();
+                    changes.push(Change::Update {
+                        relation: rb.clone(),
+                        old: None,
+                        new: Tuple(vec![v(1), v(next_id)]),
+                    });
+                    Txn {
+                        info: lsns.next(),
+                        changes,
+                    }
+                })
+                .collect();
+            let name = pipeline();
+            let d = rt.block_on(async {
+                let mut a = applier(&pg, &name).await;
+                a.set_copy_min_rows(copy_min);
+                run(&mut a, &work).await
+            });
+            result.push((txns * k) as f64 / d.as_secs_f64());
+        }
+        println!("{k:>4} {:>12.0} {:>12.0}", result[0], result[1]);
+    }
+
+    let txns = n(200_000.0);
+    let work: Vec<Txn> = (0..txns)
+        .map(|_| {
+            next_id += 1;
+            Txn {
+                info: lsns.next(),
+                changes: vec![Change::Insert {
+                    relation: ra.clone(),
+                    new: Tuple(vec![v(next_id), v(&payload)]),
+                }],
+            }
+        })
+        .collect();
+    let name = pipeline();
+    let d = rt.block_on(async { run(&mut applier(&pg, &name).await, &work).await });
+    println!(
+        "single-row insert transactions: {txns} in {:.2} s = {:.0} txn/s",
+        d.as_secs_f64(),
+        txns as f64 / d.as_secs_f64()
+    );
+
+    let txns = n(100_000.0);
+    let mut seed = 12345u64;
+    let mut rand = |m: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % m + 1
+    };
+    let work: Vec<Txn> = (0..txns)
+        .map(|i| {
+            let (aid, tid, delta) = (rand(100_000), rand(10), rand(10_000));
+            Txn {
+                info: lsns.next(),
+                changes: vec![
+                    Change::Update {
+                        relation: acc.clone(),
+                        old: None,
+                        new: Tuple(vec![v(aid), v(1), v(delta), v("")]),
+                    },
+                    Change::Update {
+                        relation: tel.clone(),
+                        old: None,
+                        new: Tuple(vec![v(tid), v(1), v(i), v("")]),
+                    },
+                    Change::Update {
+                        relation: bra.clone(),
+                        old: None,
+                        new: Tuple(vec![v(1), v(i), v("")]),
+                    },
+                    Change::Insert {
+                        relation: his.clone(),
+                        new: Tuple(vec![
+                            v(tid),
+                            v(1),
+                            v(aid),
+                            v(delta),
+                            v("2026-01-01 00:00:00"),
+                            Value::Null,
+                        ]),
+                    },
+                ],
+            }
+        })
+        .collect();
+    let name = pipeline();
+    let d = rt.block_on(async { run(&mut applier(&pg, &name).await, &work).await });
+    println!(
+        "TPC-B-like transactions: {txns} in {:.2} s = {:.0} txn/s",
+        d.as_secs_f64(),
+        txns as f64 / d.as_secs_f64()
+    );
+
+    let rows = n(1_000_000.0);
+    let changes: Vec<Change> = (0..rows)
+        .map(|_| {
+            next_id += 1;
+            Change::Insert {
+                relation: ra.clone(),
+                new: Tuple(vec![v(next_id), v(&payload)]),
+            }
+        })
+        .collect();
+    let info = lsns.next();
+    let name = pipeline();
+    let d = rt.block_on(async {
+        let mut a = applier(&pg, &name).await;
+        let start = Instant::now();
+        a.begin(&info).await.expect("begin");
+        for chunk in changes.chunks(1000) {
+            a.changes(chunk).await.expect("changes");
+        }
+        a.commit(&info).await.expect("commit");
+        a.flush().await.expect("flush");
+        start.elapsed()
+    });
+    println!(
+        "one transaction of {rows} inserts: {:.2} s = {:.0} rows/s",
+        d.as_secs_f64(),
+        rows as f64 / d.as_secs_f64()
+    );
+}
