@@ -229,10 +229,9 @@ impl Table {
         client: &Client,
         rel: &RelationInfo,
     ) -> Result<bool, tokio_postgres::Error> {
+        // Without key columns there must be no unique index at all (the
+        // list below then has to be empty).
         let mut key: Vec<&str> = rel.key_columns().map(|(_, c)| c.name.as_str()).collect();
-        if key.is_empty() {
-            return Ok(false);
-        }
         key.sort_unstable();
         let key = key.join(",");
         let row = client
@@ -241,7 +240,7 @@ impl Table {
         Ok(row.is_some_and(|r| {
             let plain: bool = r.get(0);
             let unique: Vec<String> = r.get(1);
-            plain && unique.iter().all(|u| *u == key)
+            plain && unique.iter().all(|u| !key.is_empty() && *u == key)
         }))
     }
 
