@@ -638,6 +638,12 @@ impl Applier {
         let i = match found {
             Some(i) => i,
             None => {
+                // A new definition of a table may be a second `Table` for
+                // the same target table: send everything buffered so no
+                // change of the old definition can be reordered after one
+                // of the new.
+                self.flush_run().await?;
+                self.flush_deferred_all().await?;
                 self.pipeline.drain().await?;
                 let replica = self.options.session_replication_role == SessionRole::Replica;
                 let t =
