@@ -121,6 +121,8 @@ const RUN_MAX_ROWS: usize = 20_000;
 const RUN_MAX_BYTES: usize = 8 << 20;
 /// Statements in flight on the connection at most.
 const PIPELINE_WINDOW: usize = 512;
+/// ... and at most about this many bytes of parameters.
+const PIPELINE_MAX_BYTES: usize = 16 << 20;
 /// Forget pointer-keyed relation lookups past this many (the tables
 /// themselves stay cached by value).
 const MAX_REL_POINTERS: usize = 4096;
@@ -268,7 +270,7 @@ impl Applier {
             tables: Vec::new(),
             by_ptr: HashMap::new(),
             run: None,
-            pipeline: Pipeline::new(PIPELINE_WINDOW, target),
+            pipeline: Pipeline::new(PIPELINE_WINDOW, PIPELINE_MAX_BYTES, target),
             progress_stmt,
             key: Vec::new(),
             deferred: HashMap::new(),
@@ -700,6 +702,7 @@ impl Applier {
                     op: Op::Begin,
                     table: None,
                     commit_lsn: None,
+                    bytes: 0,
                 },
             )
             .await?;
@@ -744,12 +747,20 @@ impl Applier {
         ti: usize,
         lsn: Lsn,
     ) -> Result<(), ApplyError> {
+        let bytes = params
+            .iter()
+            .map(|p| match p {
+                Param::Text(b) | Param::Binary(b) => b.len(),
+                Param::Null => 0,
+            })
+            .sum();
         let c = self.client.clone();
         let fut: PgFuture = Box::pin(async move { c.execute_raw(&stmt, params).await });
         let job = Job {
             op,
             table: Some(self.tables[ti].display.clone()),
             commit_lsn: Some(lsn),
+            bytes,
         };
         self.pipeline.push(fut, job).await
     }
@@ -989,6 +1000,7 @@ impl Applier {
             op: Op::Truncate,
             table: Some(names.join(", ").into()),
             commit_lsn: Some(lsn),
+            bytes: 0,
         };
         let c = self.client.clone();
         let fut: PgFuture = Box::pin(async move { c.batch_execute(&sql).await.map(|_| 0) });
@@ -1021,6 +1033,7 @@ impl Applier {
             op,
             table: None,
             commit_lsn: Some(p.commit_lsn),
+            bytes: 0,
         };
         self.pipeline.push(fut, job(Op::Progress)).await?;
         let c = self.client.clone();

@@ -9,8 +9,8 @@
 //! connection delivers them, so no response waits behind an unpolled one
 //! and the first error reported is the one that aborted the transaction
 //! (every later statement fails with "current transaction is aborted").
-//! At most `window` statements are in flight; pushing more waits for the
-//! oldest. Callers drain the pipeline before any request they await
+//! At most `window` statements (and about `max_bytes` of parameters) are
+//! in flight; pushing more waits for the oldest. Callers drain the pipeline before any request they await
 //! directly (prepare, COPY, catalog queries).
 //!
 //! PostgreSQL reference: "Pipeline Mode" (libpq-pipeline-mode) describes the
@@ -36,6 +36,8 @@ pub(crate) struct Job {
     pub op: Op,
     pub table: Option<Arc<str>>,
     pub commit_lsn: Option<Lsn>,
+    /// Parameter bytes the statement keeps alive until its result is read.
+    pub bytes: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,14 +78,18 @@ impl Job {
 pub(crate) struct Pipeline {
     queue: VecDeque<(PgFuture, Job)>,
     window: usize,
+    max_bytes: usize,
+    bytes: usize,
     target: String,
 }
 
 impl Pipeline {
-    pub fn new(window: usize, target: String) -> Self {
+    pub fn new(window: usize, max_bytes: usize, target: String) -> Self {
         Pipeline {
             queue: VecDeque::new(),
             window: window.max(1),
+            max_bytes,
+            bytes: 0,
             target,
         }
     }
@@ -93,9 +99,14 @@ impl Pipeline {
         let first = poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
         match first {
             Poll::Ready(r) => self.finish(r, &job)?,
-            Poll::Pending => self.queue.push_back((fut, job)),
+            Poll::Pending => {
+                self.bytes += job.bytes;
+                self.queue.push_back((fut, job));
+            }
         }
-        while self.queue.len() > self.window {
+        while self.queue.len() > self.window
+            || (self.bytes > self.max_bytes && self.queue.len() > 1)
+        {
             self.pop().await?;
         }
         Ok(())
@@ -103,6 +114,7 @@ impl Pipeline {
 
     async fn pop(&mut self) -> Result<(), ApplyError> {
         if let Some((fut, job)) = self.queue.pop_front() {
+            self.bytes -= job.bytes;
             let r = fut.await;
             self.finish(r, &job)?;
         }
@@ -121,6 +133,7 @@ impl Pipeline {
     /// aborted anyway and the connection discards unread results).
     pub fn clear(&mut self) {
         self.queue.clear();
+        self.bytes = 0;
     }
 
     fn finish(&self, r: Result<u64, tokio_postgres::Error>, job: &Job) -> Result<(), ApplyError> {
