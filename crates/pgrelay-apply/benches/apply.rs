@@ -4,8 +4,10 @@
 //! Scenarios (changes are built in memory first; only applying is timed,
 //! including every flush):
 //! - crossover: transactions of k inserts into one table followed by one
-//!   update of the last row (which ends the insert run), once with every
-//!   run sent as pipelined INSERTs and once with every run sent as COPY;
+//!   update of the last row (which ends the insert run), with every run
+//!   sent as pipelined single-row INSERTs, as multi-row INSERTs (16/4/1
+//!   rows per statement), and as COPY: wall-clock rows/s and client +
+//!   backend CPU microseconds per row;
 //! - single-row insert transactions (a backlog of tiny transactions);
 //! - TPC-B-like transactions (pgbench's three updates by key and one insert);
 //! - one large transaction of inserts.
@@ -65,6 +67,23 @@ impl Lsns {
             kind: TransactionKind::Plain,
         }
     }
+}
+
+/// utime + stime of a process in clock ticks (1/100 s on Linux).
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // Counting from the state (field 3): utime is field 14, stime 15.
+    let get = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(14) + get(15)
 }
 
 async fn run(a: &mut Applier, txns: &[Txn]) -> Duration {
@@ -180,12 +199,16 @@ fn main() {
     };
 
     if std::env::var_os("PGRELAY_BENCH_SKIP_CROSSOVER").is_none() {
-        println!("crossover: k inserts + 1 update of the same table per transaction (inserts/s)");
-        println!("{:>4} {:>12} {:>12}", "k", "INSERT", "COPY");
+        println!("crossover: k inserts + 1 update of the same table per transaction");
+        println!("(inserted rows/s wall clock, and client + backend CPU µs per row)");
+        println!(
+            "{:>4} {:>17} {:>17} {:>17}",
+            "k", "1-row INSERT", "multi-row INSERT", "COPY"
+        );
         for k in [1usize, 2, 4, 8, 16, 32, 64, 128] {
             let txns = n(40_000.0 / k as f64 + 200.0);
             let mut result = Vec::new();
-            for copy_min in [usize::MAX, 1] {
+            for (copy_min, multi) in [(usize::MAX, false), (usize::MAX, true), (1, true)] {
                 let work: Vec<Txn> = (0..txns)
                     .map(|_| {
                         let mut changes: Vec<Change> = (0..k)
@@ -210,14 +233,31 @@ fn main() {
                     })
                     .collect();
                 let name = pipeline();
-                let d = rt.block_on(async {
+                let (d, cpu) = rt.block_on(async {
                     let mut a = applier(&pg, &name).await;
                     a.set_copy_min_rows(copy_min);
-                    run(&mut a, &work).await
+                    a.set_multi_row_inserts(multi);
+                    let backend: i32 = a
+                        .client()
+                        .query_one("SELECT pg_backend_pid()", &[])
+                        .await
+                        .expect("pid")
+                        .get(0);
+                    let me = std::process::id() as i32;
+                    let cpu0 = cpu_ticks(backend) + cpu_ticks(me);
+                    let d = run(&mut a, &work).await;
+                    let cpu1 = cpu_ticks(backend) + cpu_ticks(me);
+                    (d, cpu1 - cpu0)
                 });
-                result.push((txns * k) as f64 / d.as_secs_f64());
+                // CPU per row hardly depends on what else the machine runs;
+                // wall time does.
+                let rows = (txns * k) as f64;
+                result.push((rows / d.as_secs_f64(), cpu as f64 * 1e4 / rows));
             }
-            println!("{k:>4} {:>12.0} {:>12.0}", result[0], result[1]);
+            println!(
+                "{k:>4} {:>9.0} {:>7.1} {:>9.0} {:>7.1} {:>9.0} {:>7.1}",
+                result[0].0, result[0].1, result[1].0, result[1].1, result[2].0, result[2].1
+            );
         }
     }
 

@@ -115,6 +115,10 @@ pub struct Progress {
 /// shorter ones through pipelined single-row INSERTs (COPY costs two extra
 /// round trips and an emptied pipeline; see docs/apply.md for the numbers).
 const COPY_MIN_ROWS: usize = 32;
+/// Rows per multi-row INSERT for runs shorter than `COPY_MIN_ROWS`.
+const INSERT_ROWS: [usize; 3] = [16, 4, 1];
+/// The protocol's limit on bind parameters per statement.
+const MAX_PARAMS: usize = 65_535;
 /// An insert run is sent when it reaches this many rows or bytes, so a huge
 /// source transaction never sits in memory.
 const RUN_MAX_ROWS: usize = 20_000;
@@ -175,6 +179,7 @@ pub struct Applier {
     deferred: HashMap<usize, Deferred>,
     deferred_len: usize,
     copy_min_rows: usize,
+    multi_row: bool,
     poisoned: bool,
 }
 
@@ -276,6 +281,7 @@ impl Applier {
             deferred: HashMap::new(),
             deferred_len: 0,
             copy_min_rows: COPY_MIN_ROWS,
+            multi_row: true,
             poisoned: false,
         })
     }
@@ -295,6 +301,13 @@ impl Applier {
     #[doc(hidden)]
     pub fn set_copy_min_rows(&mut self, rows: usize) {
         self.copy_min_rows = rows.max(1);
+    }
+
+    /// Turns multi-row INSERTs off (single-row INSERTs only), for the
+    /// benchmark that compares them.
+    #[doc(hidden)]
+    pub fn set_multi_row_inserts(&mut self, on: bool) {
+        self.multi_row = on;
     }
 
     /// The target connection (e.g. for `check` or status queries between
@@ -818,11 +831,28 @@ impl Applier {
         if run.rows.len() >= self.copy_min_rows && run.all_text {
             return self.copy_run(run).await;
         }
-        let stmt = self.statement(ti, &[K_INSERT], run.rows[0].0).await?;
-        for (lsn, row) in &run.rows {
-            let params = row.values().iter().map(param).collect();
-            self.execute(stmt.clone(), params, Op::Insert, ti, *lsn)
+        // Multi-row INSERTs of INSERT_ROWS[i] rows, largest first: fewer
+        // statements for the server to start and finish than single rows.
+        let mut rest = &run.rows[..];
+        let ncols = self.tables[ti].cols.len().max(1);
+        while !rest.is_empty() {
+            let size = INSERT_ROWS
+                .iter()
+                .copied()
+                .find(|&n| n <= rest.len() && n * ncols <= MAX_PARAMS && (self.multi_row || n == 1))
+                .unwrap_or(1);
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
+            let stmt = self
+                .statement(ti, &[K_INSERT, size as u8], chunk[0].0)
                 .await?;
+            let params = chunk
+                .iter()
+                .flat_map(|(_, row)| row.values().iter().map(param))
+                .collect();
+            // A failing row is attributed to the chunk's last transaction.
+            let lsn = chunk[chunk.len() - 1].0;
+            self.execute(stmt, params, Op::Insert, ti, lsn).await?;
         }
         Ok(())
     }

@@ -246,7 +246,7 @@ impl Table {
 
     /// The SQL and parameter types of the statement with `key`.
     ///
-    /// Key layout: `[K_INSERT]`, `[K_COPY]`, or for updates
+    /// Key layout: `[K_INSERT, rows]`, `[K_COPY]`, or for updates
     /// `[op, set_0..set_n, where_0..where_n]` (set: 1 = SET this column,
     /// 0 = leave it, e.g. unchanged TOAST) and for deletes
     /// `[op, where_0..where_n]` (where: `W_SKIP`, `W_PARAM`, `W_NULL`).
@@ -256,17 +256,21 @@ impl Table {
         let mut types = Vec::with_capacity(n);
         match key[0] {
             K_INSERT => {
+                // key[1] rows per statement (multi-row VALUES).
                 let _ = write!(sql, "INSERT INTO {} (", self.qualified);
                 push_list(&mut sql, self.cols.iter().map(|c| c.quoted.as_str()));
-                sql.push_str(") VALUES (");
-                for (i, c) in self.cols.iter().enumerate() {
-                    if i > 0 {
-                        sql.push_str(", ");
+                sql.push_str(") VALUES ");
+                for r in 0..usize::from(key[1]) {
+                    sql.push_str(if r > 0 { ", (" } else { "(" });
+                    for (i, c) in self.cols.iter().enumerate() {
+                        if i > 0 {
+                            sql.push_str(", ");
+                        }
+                        types.push(c.ty.clone());
+                        let _ = write!(sql, "${}", types.len());
                     }
-                    let _ = write!(sql, "${}", i + 1);
-                    types.push(c.ty.clone());
+                    sql.push(')');
                 }
-                sql.push(')');
             }
             K_COPY => {
                 let _ = write!(sql, "COPY {} (", self.qualified);

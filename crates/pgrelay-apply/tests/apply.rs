@@ -114,6 +114,30 @@ per_major!(dml_by_name_copy_toast_key_change, |major| async move {
         ],
     )
     .await;
+    // Txn 2b: with txn 2 a run of 21 rows (multi-row INSERTs of 16, 4, 1).
+    let more = (3001..3019)
+        .map(|i| {
+            insert(
+                &rel,
+                vec![
+                    t(&i.to_string()),
+                    t("m"),
+                    t("ok"),
+                    t("b"),
+                    t(&i.to_string()),
+                    t("{x}"),
+                ],
+            )
+        })
+        .collect::<Vec<_>>();
+    let mid = pgrelay_types::TransactionInfo {
+        commit_lsn: pgrelay_types::Lsn(0x280),
+        end_lsn: pgrelay_types::Lsn(0x2a8),
+        ..info(2)
+    };
+    assert!(a.begin(&mid).await.unwrap());
+    a.changes(&more).await.unwrap();
+    a.commit(&mid).await.unwrap();
     // Txn 3: update leaving the TOASTed column alone.
     apply(
         &mut a,
@@ -175,7 +199,16 @@ per_major!(dml_by_name_copy_toast_key_change, |major| async move {
     assert_eq!(a.progress(), Some(p));
     assert_eq!(a.flush().await.expect("idle flush"), None);
 
-    assert_eq!(scalar(&target, "SELECT count(*) FROM items").await, "102");
+    assert_eq!(scalar(&target, "SELECT count(*) FROM items").await, "120");
+    assert_eq!(
+        rows(
+            &target,
+            "SELECT count(*), sum(n), min(tags::text), max(mood::text) FROM items \
+             WHERE id BETWEEN 3001 AND 3018"
+        )
+        .await,
+        vec![vec!["18", "54171", "{x}", "ok"]]
+    );
     let r = rows(
         &target,
         "SELECT name, mood::text, length(big), md5(big) = md5(repeat('x', 20000)), n, extra \
