@@ -112,9 +112,9 @@ pub struct Progress {
 }
 
 /// Runs of at least this many inserts into one table go through COPY;
-/// shorter ones through pipelined single-row INSERTs (COPY costs two extra
-/// round trips and an emptied pipeline; see docs/apply.md for the numbers).
-const COPY_MIN_ROWS: usize = 32;
+/// shorter ones through pipelined multi-row INSERTs (COPY costs two extra
+/// round trips and an emptied pipeline; measured crossover in docs/apply.md).
+const COPY_MIN_ROWS: usize = 64;
 /// Rows per multi-row INSERT for runs shorter than `COPY_MIN_ROWS`.
 const INSERT_ROWS: [usize; 3] = [16, 4, 1];
 /// The protocol's limit on bind parameters per statement.
