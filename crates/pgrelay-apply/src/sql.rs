@@ -1,0 +1,260 @@
+//! SQL text helpers: identifier quoting, the parameter type that sends a
+//! replicated value to the server untouched, and COPY text-format encoding.
+//!
+//! Invariants: every identifier that reaches an executed statement goes
+//! through [`quote_ident`] (always double-quoted, embedded quotes doubled),
+//! and no value is ever interpolated into SQL text: values travel as bind
+//! parameters in the format they were decoded in (text output or binary
+//! send format), so the target's input/receive function parses them exactly
+//! as native logical replication does. In COPY text format a value is
+//! escaped so that backslash, tab, newline and carriage return survive, and
+//! NULL is `\N`.
+//!
+//! PostgreSQL reference: "Lexical Structure" (sql-syntax-lexical,
+//! identifiers), "COPY" (sql-copy, text format), "Message Flow" (Bind
+//! parameter format codes, protocol-flow).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
+
+/// `"name"` with embedded double quotes doubled: always safe in SQL.
+pub fn quote_ident(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 2);
+    s.push('"');
+    for ch in name.chars() {
+        if ch == '"' {
+            s.push('"');
+        }
+        s.push(ch);
+    }
+    s.push('"');
+    s
+}
+
+/// `"schema"."name"`.
+pub fn quote_qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(name))
+}
+
+/// Reserved keywords that cannot be used as unquoted identifiers
+/// (PostgreSQL's "reserved" and "reserved (can be function or type)").
+const RESERVED: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "binary",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "group",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "intersect",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "natural",
+    "not",
+    "notnull",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "outer",
+    "overlaps",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "right",
+    "select",
+    "session_user",
+    "similar",
+    "some",
+    "symmetric",
+    "system_user",
+    "table",
+    "tablesample",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
+/// An identifier as a human would type it: unquoted when that is
+/// unambiguous, quoted otherwise. For messages and suggested fixes.
+pub fn display_ident(name: &str) -> String {
+    let simple = !name.is_empty()
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
+        && !RESERVED.contains(&name);
+    if simple {
+        name.to_string()
+    } else {
+        quote_ident(name)
+    }
+}
+
+/// `schema.name` for messages, quoted only where needed.
+pub fn display_qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", display_ident(schema), display_ident(name))
+}
+
+/// A bind parameter carrying a replicated value as-is.
+///
+/// Text values are sent with format code 0 so the server runs the column
+/// type's input function (this works for every type, including enums,
+/// domains, arrays and composites); binary values with format code 1 for
+/// its receive function. `accepts` every type because the statement's
+/// parameter types come from the target's catalog, not from Rust.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Param {
+    /// SQL NULL.
+    Null,
+    /// Text output of the type.
+    Text(Bytes),
+    /// Binary send format of the type.
+    Binary(Bytes),
+}
+
+impl ToSql for Param {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Param::Null => Ok(IsNull::Yes),
+            Param::Text(b) | Param::Binary(b) => {
+                out.put_slice(b);
+                Ok(IsNull::No)
+            }
+        }
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _ty: &Type) -> Format {
+        match self {
+            Param::Binary(_) => Format::Binary,
+            Param::Null | Param::Text(_) => Format::Text,
+        }
+    }
+
+    to_sql_checked!();
+}
+
+/// Appends `value` to a COPY text-format row, escaped.
+pub fn copy_escape_into(out: &mut BytesMut, value: &[u8]) {
+    let mut start = 0;
+    for (i, &b) in value.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            _ => continue,
+        };
+        out.put_slice(&value[start..i]);
+        out.put_slice(esc);
+        start = i + 1;
+    }
+    out.put_slice(&value[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_qualified("public", "T"), "\"public\".\"T\"");
+        assert_eq!(display_ident("t_1"), "t_1");
+        assert_eq!(display_ident("user"), "\"user\"");
+        assert_eq!(display_ident("Mixed"), "\"Mixed\"");
+        assert_eq!(display_ident("1a"), "\"1a\"");
+        assert_eq!(
+            display_qualified("public", "my table"),
+            "public.\"my table\""
+        );
+    }
+
+    #[test]
+    fn copy_escaping() {
+        let mut out = BytesMut::new();
+        copy_escape_into(&mut out, b"a\\b\tc\nd\re");
+        assert_eq!(&out[..], b"a\\\\b\\tc\\nd\\re");
+        out.clear();
+        copy_escape_into(&mut out, b"plain");
+        assert_eq!(&out[..], b"plain");
+    }
+}
