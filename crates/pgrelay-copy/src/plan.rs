@@ -119,7 +119,7 @@ pub(crate) async fn plan_table(client: &Client, table: &TableCopy) -> Result<Sou
         "p" => {
             "SELECT format('%I.%I', n.nspname, c.relname), \
                     (pg_relation_size(c.oid) / current_setting('block_size')::bigint)::bigint \
-               FROM pg_partition_tree($1::regclass) t \
+               FROM pg_partition_tree($1::oid::regclass) t \
                JOIN pg_class c ON c.oid = t.relid \
                JOIN pg_namespace n ON n.oid = c.relnamespace \
               WHERE t.isleaf AND c.relkind = 'r' ORDER BY 2 DESC"
