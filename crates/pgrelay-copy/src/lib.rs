@@ -262,7 +262,9 @@ fn validate(
         return Err(CopyError::Invalid("copy workers must be at least 1".into()));
     }
     if options.chunk_pages == 0 {
-        return Err(CopyError::Invalid("chunk size must be at least 1 page".into()));
+        return Err(CopyError::Invalid(
+            "chunk size must be at least 1 page".into(),
+        ));
     }
     if options.pipeline.is_empty() {
         return Err(CopyError::Invalid("the pipeline name is empty".into()));
@@ -270,7 +272,9 @@ fn validate(
     let mut names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
     names.sort_unstable();
     if names.windows(2).any(|w| w[0] == w[1]) {
-        return Err(CopyError::Invalid("two copy targets have the same name".into()));
+        return Err(CopyError::Invalid(
+            "two copy targets have the same name".into(),
+        ));
     }
     Ok(())
 }
@@ -331,8 +335,7 @@ async fn run(
     for target in targets {
         let mut control = connect_target(target, options.session_replication_role_replica).await?;
         target::ensure_meta(&control, &target.name).await?;
-        let states =
-            target::inspect(&control, &target.name, &options.pipeline, tables).await?;
+        let states = target::inspect(&control, &target.name, &options.pipeline, tables).await?;
         let mut begin = Vec::new();
         for (i, st) in states.iter().enumerate() {
             needs[i].push(!st.ready);
@@ -641,7 +644,11 @@ impl Worker {
                 .send(CopyEvent::TableStarted {
                     table: t.display.clone(),
                     chunks: t.chunks,
-                    targets: t.targets.iter().map(|&k| shared.targets[k].name.clone()).collect(),
+                    targets: t
+                        .targets
+                        .iter()
+                        .map(|&k| shared.targets[k].name.clone())
+                        .collect(),
                 })
                 .await;
         }
@@ -652,11 +659,12 @@ impl Worker {
         let mut senders = Vec::with_capacity(t.targets.len());
         for &k in &t.targets {
             let name = &shared.targets[k].name;
-            let client = self.targets[k].as_ref().expect("session for a target with work");
-            let sink = client
-                .copy_in::<_, Bytes>(&copy_in)
-                .await
-                .map_err(|e| CopyError::target(name, format!("start COPY into {}", t.display), e))?;
+            let client = self.targets[k]
+                .as_ref()
+                .expect("session for a target with work");
+            let sink = client.copy_in::<_, Bytes>(&copy_in).await.map_err(|e| {
+                CopyError::target(name, format!("start COPY into {}", t.display), e)
+            })?;
             let (tx, rx) = mpsc::channel(BLOCKS_IN_FLIGHT);
             senders.push(tx);
             writers.spawn(write_target(k, sink, rx));
@@ -788,7 +796,9 @@ impl Worker {
     async fn finish_table(&self, t: &TableRun) -> Result<(), CopyError> {
         let rows = t.rows.load(Ordering::SeqCst);
         for &k in &t.targets {
-            let client = self.targets[k].as_ref().expect("session for a target with work");
+            let client = self.targets[k]
+                .as_ref()
+                .expect("session for a target with work");
             target::finish_table(
                 client,
                 &self.shared.targets[k].name,

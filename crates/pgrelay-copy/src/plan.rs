@@ -91,7 +91,10 @@ SELECT coalesce(array_agg(r.rngtypid), '{}') FROM pg_range r WHERE r.rngmultityp
 
 /// Plans one table on a source connection (inside the snapshot
 /// transaction, though catalogs are read with a fresh catalog snapshot).
-pub(crate) async fn plan_table(client: &Client, table: &TableCopy) -> Result<SourceTable, CopyError> {
+pub(crate) async fn plan_table(
+    client: &Client,
+    table: &TableCopy,
+) -> Result<SourceTable, CopyError> {
     let display = format!("{}.{}", table.schema, table.name);
     let step = |what: &str| format!("planning {display}: {what}");
     let rel = client

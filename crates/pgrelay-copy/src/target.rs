@@ -67,9 +67,8 @@ pub(crate) async fn ensure_meta(client: &Client, target: &str) -> Result<(), Cop
     match client.batch_execute(META_DDL).await {
         Ok(()) => Ok(()),
         Err(e)
-            if e.code().is_some_and(|c| {
-                matches!(c.code(), "23505" | "42P06" | "42P07")
-            }) =>
+            if e.code()
+                .is_some_and(|c| matches!(c.code(), "23505" | "42P06" | "42P07")) =>
         {
             client
                 .batch_execute(META_DDL)
@@ -222,7 +221,9 @@ pub(crate) async fn begin_tables(
         }
         Err(e) => return Err(err("truncate partially copied tables")(e)),
     }
-    tx.commit().await.map_err(err("commit marking tables copying"))
+    tx.commit()
+        .await
+        .map_err(err("commit marking tables copying"))
 }
 
 /// Marks one table `ready` at `lsn` with its row count, durably.

@@ -128,8 +128,16 @@ pgrelay_testkit::per_major!(types_to_two_targets, |major| async move {
     assert_eq!(format_of("kinds").format, CopyFormat::Binary);
     assert_eq!(format_of("big").format, CopyFormat::Binary);
     assert_eq!(format_of("measurements").format, CopyFormat::Binary);
-    assert_eq!(format_of("moods").format, CopyFormat::Text, "enum/composite arrays embed OIDs");
-    assert_eq!(format_of("grants").format, CopyFormat::Text, "aclitem has no binary I/O");
+    assert_eq!(
+        format_of("moods").format,
+        CopyFormat::Text,
+        "enum/composite arrays embed OIDs"
+    );
+    assert_eq!(
+        format_of("grants").format,
+        CopyFormat::Text,
+        "aclitem has no binary I/O"
+    );
     assert!(format_of("many").chunks > 1, "{report:?}");
     assert_eq!(format_of("measurements").chunks, 2, "one unit per leaf");
     assert_eq!(format_of("kinds").rows, 303);
@@ -142,7 +150,11 @@ pgrelay_testkit::per_major!(types_to_two_targets, |major| async move {
         assert_eq!(sync.len(), tables.len());
         for (table, state, lsn, rows) in &sync {
             assert_eq!(state, "ready", "{table}");
-            assert_eq!(lsn.as_deref(), Some(snap.lsn.to_string().as_str()), "{table}");
+            assert_eq!(
+                lsn.as_deref(),
+                Some(snap.lsn.to_string().as_str()),
+                "{table}"
+            );
             let r = report
                 .tables
                 .iter()
@@ -389,6 +401,7 @@ async fn target_restart_is_transient() {
         .await
         .expect("copy task")
         .expect_err("a target restart must fail the copy");
+    eprintln!("copy failed as expected: {err}");
     assert!(err.is_transient(), "not transient: {err}");
 
     proxy.set_latency(Duration::ZERO);

@@ -5,8 +5,7 @@
 #![allow(dead_code)]
 
 use pgrelay_copy::{
-    copy_tables, CopyError, CopyEvent, CopyOptions, CopyReport, CopyTarget, SnapshotSpec,
-    TableCopy,
+    copy_tables, CopyError, CopyEvent, CopyOptions, CopyReport, CopyTarget, SnapshotSpec, TableCopy,
 };
 use pgrelay_source::{Config, CreateSlotOptions, ReplicationClient, SnapshotAction};
 use pgrelay_testkit::{unique_name, Cluster, SUPERUSER};
