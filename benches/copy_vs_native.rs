@@ -74,7 +74,8 @@ fn main() {
     eprintln!("pgbench -i -s {scale} on PostgreSQL 15 ...");
     let t = Instant::now();
     source.pgbench_init("bench", scale);
-    source.execute_blocking("bench", "VACUUM ANALYZE; CHECKPOINT");
+    source.execute_blocking("bench", "VACUUM ANALYZE");
+    source.execute_blocking("bench", "CHECKPOINT");
     eprintln!("  built in {:.1} s", t.elapsed().as_secs_f64());
     source.execute_blocking("bench", "CREATE PUBLICATION bench_pub FOR ALL TABLES");
     let size = source
@@ -89,7 +90,14 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .expect("row count");
     let schema = Command::new(tools.tool("pg_dump"))
-        .args(["-h", "127.0.0.1", "-p", &source.port().to_string(), "-U", "postgres"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &source.port().to_string(),
+            "-U",
+            "postgres",
+        ])
         .args(["--schema-only", "--no-publications", "bench"])
         .output()
         .expect("pg_dump --schema-only");
@@ -97,27 +105,32 @@ fn main() {
     let schema = String::from_utf8(schema.stdout).expect("utf-8 schema");
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let tables: Vec<TableCopy> = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]
-        .iter()
-        .map(|t| {
-            let cols = source
-                .query_blocking(
-                    "bench",
-                    &format!(
-                        "SELECT attname FROM pg_attribute WHERE attrelid = 'public.{t}'::regclass
+    let tables: Vec<TableCopy> = [
+        "pgbench_accounts",
+        "pgbench_branches",
+        "pgbench_tellers",
+        "pgbench_history",
+    ]
+    .iter()
+    .map(|t| {
+        let cols = source
+            .query_blocking(
+                "bench",
+                &format!(
+                    "SELECT attname FROM pg_attribute WHERE attrelid = 'public.{t}'::regclass
                            AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
-                    ),
-                )
-                .into_iter()
-                .map(|r| r[0].clone().expect("column name"))
-                .collect();
-            TableCopy {
-                schema: "public".into(),
-                name: t.to_string(),
-                columns: cols,
-            }
-        })
-        .collect();
+                ),
+            )
+            .into_iter()
+            .map(|r| r[0].clone().expect("column name"))
+            .collect();
+        TableCopy {
+            schema: "public".into(),
+            name: t.to_string(),
+            columns: cols,
+        }
+    })
+    .collect();
 
     let mut results: Vec<(&str, Duration)> = Vec::new();
     for round in 0..rounds {
@@ -277,13 +290,27 @@ fn native(source: &Cluster, target: &Cluster, db: &str, round: usize) -> Duratio
 fn dump_restore(tools: &PgInstall, source: &Cluster, target: &Cluster, db: &str) -> Duration {
     let started = Instant::now();
     let mut dump = Command::new(tools.tool("pg_dump"))
-        .args(["-h", "127.0.0.1", "-p", &source.port().to_string(), "-U", "postgres"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &source.port().to_string(),
+            "-U",
+            "postgres",
+        ])
         .args(["-Fc", "--data-only", "bench"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("pg_dump");
     let restore = Command::new(tools.tool("pg_restore"))
-        .args(["-h", "127.0.0.1", "-p", &target.port().to_string(), "-U", "postgres"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &target.port().to_string(),
+            "-U",
+            "postgres",
+        ])
         .args(["--data-only", "-d", db])
         .stdin(dump.stdout.take().expect("dump stdout"))
         .status()

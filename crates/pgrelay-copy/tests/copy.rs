@@ -17,8 +17,10 @@
 //! the target survives) and one left `copying` with partial, wrong rows is
 //! emptied and copied again.
 //!
-//! `slow_target`: one of two targets behind a proxy adding latency; the copy
-//! completes and both are equal.
+//! `slow_target`: one of two targets behind a proxy adding latency; a run
+//! whose shutdown future fires after the first chunk returns `Interrupted`
+//! and leaves the table `copying`; the next run completes and both targets
+//! are equal.
 //!
 //! `target_restart_is_transient`: a target restarted mid-copy fails the copy
 //! with a transient error, and running again completes it.
@@ -108,6 +110,14 @@ pgrelay_testkit::per_major!(types_to_two_targets, |major| async move {
         .expect("estimate");
     let big_idx = tables.iter().position(|t| t.name == "big").expect("big");
     assert!(estimates[big_idx].bytes > 1_000_000, "{estimates:?}");
+    let parted = tables
+        .iter()
+        .position(|t| t.name == "measurements")
+        .expect("measurements");
+    assert!(
+        estimates[parted].bytes > 0,
+        "partitions summed: {estimates:?}"
+    );
 
     let (_repl, snap) = export_snapshot(&source, "postgres").await;
     let targets = [
@@ -335,6 +345,40 @@ async fn slow_target() {
         target("slow", proxy.port(), "postgres"),
     ];
     let (_repl, snap) = export_snapshot(&source, "postgres").await;
+
+    // First a run stopped by its shutdown future after the first chunk:
+    // nothing is marked ready.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut stop = Some(stop_tx);
+        while let Some(e) = rx.recv().await {
+            if matches!(e, CopyEvent::Progress { .. }) {
+                if let Some(s) = stop.take() {
+                    let _ = s.send(());
+                }
+            }
+        }
+    });
+    let stopped = pgrelay_copy::copy_tables(
+        &config(&conninfo(source.port(), "postgres")),
+        &snap,
+        &targets,
+        &tables,
+        &options("slow", 2, 128),
+        tx,
+        async {
+            let _ = stop_rx.await;
+        },
+    )
+    .await;
+    assert!(
+        matches!(stopped, Err(pgrelay_copy::CopyError::Interrupted)),
+        "{stopped:?}"
+    );
+    let sync = sync_rows(&fast.connect("postgres").await, "slow").await;
+    assert_eq!(sync[0].1, "copying", "{sync:?}");
+
     let (result, _) = run_copy(
         &source,
         "postgres",
