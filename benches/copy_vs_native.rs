@@ -237,6 +237,7 @@ async fn pgrelay(
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let cpu_before = cpu_time();
     let started = Instant::now();
     pgrelay_copy::copy_tables(
         &config(source.port(), "bench"),
@@ -256,8 +257,25 @@ async fn pgrelay(
     .await
     .expect("pgrelay copy");
     let took = started.elapsed();
+    let cpu = cpu_time() - cpu_before;
+    eprintln!(
+        "  pgrelay-copy process CPU {:.2} s ({:.0}% of one core over the copy)",
+        cpu.as_secs_f64(),
+        100.0 * cpu.as_secs_f64() / took.as_secs_f64()
+    );
     drop(repl);
     took
+}
+
+/// User + system CPU time of this process so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct we pass; all-zero is a
+    // valid initial value for it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer cannot fail.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 fn native(source: &Cluster, target: &Cluster, db: &str, round: usize) -> Duration {

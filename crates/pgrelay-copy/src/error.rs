@@ -16,16 +16,16 @@ use pgrelay_source::SourceError;
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     /// A call on the source failed.
-    #[error("source: {step}: {source}")]
+    #[error("{step}: {source}")]
     Source {
         /// What pgrelay was doing.
         step: String,
         /// The connection or SQL error, which knows whether it is transient.
         #[source]
-        source: SourceError,
+        source: Box<SourceError>,
     },
     /// A call on one target failed.
-    #[error("target {target}: {step}: {source}")]
+    #[error("{step}: {source}")]
     Target {
         /// The target's name from [`crate::CopyTarget`].
         target: String,
@@ -33,7 +33,7 @@ pub enum CopyError {
         step: String,
         /// The connection or SQL error, which knows whether it is transient.
         #[source]
-        source: SourceError,
+        source: Box<SourceError>,
     },
     /// The request cannot work as given: a table or column missing on one
     /// side, an invalid option. Retrying without a change fails the same way.
@@ -81,7 +81,7 @@ impl CopyError {
     pub(crate) fn source(step: impl Into<String>, e: tokio_postgres::Error) -> Self {
         CopyError::Source {
             step: step.into(),
-            source: SourceError::from_sql("source", e),
+            source: Box::new(SourceError::from_sql("the source", e)),
         }
     }
 
@@ -89,7 +89,7 @@ impl CopyError {
         CopyError::Target {
             target: target.to_owned(),
             step: step.into(),
-            source: SourceError::from_sql(target, e),
+            source: Box::new(SourceError::from_sql(&format!("target {target}"), e)),
         }
     }
 }

@@ -527,8 +527,8 @@ async fn open_source(source: &Config, snapshot: &str) -> Result<Client, CopyErro
     let client = pgrelay_source::connect_sql(source)
         .await
         .map_err(|e| CopyError::Source {
-            step: "connect".into(),
-            source: e,
+            step: "connect to the source".into(),
+            source: Box::new(e),
         })?;
     client
         .batch_execute(&format!(
@@ -560,8 +560,8 @@ async fn connect_target(target: &CopyTarget, replica_role: bool) -> Result<Clien
         .await
         .map_err(|e| CopyError::Target {
             target: target.name.clone(),
-            step: "connect".into(),
-            source: e,
+            step: format!("connect to target {}", target.name),
+            source: Box::new(e),
         })?;
     client
         .batch_execute(&target::session_setup(replica_role))

@@ -213,8 +213,8 @@ pub async fn estimate(
     let client = pgrelay_source::connect_sql(source)
         .await
         .map_err(|e| CopyError::Source {
-            step: "connect to estimate table sizes".into(),
-            source: e,
+            step: "connect to the source to estimate table sizes".into(),
+            source: Box::new(e),
         })?;
     let mut out = Vec::with_capacity(tables.len());
     for t in tables {
