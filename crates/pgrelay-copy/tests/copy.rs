@@ -13,9 +13,11 @@
 //! taken before).
 //!
 //! `chunks_and_resume`: a table split into many ctid ranges copied by four
-//! workers is equal; then a table left `ready` is skipped (a change made on
-//! the target survives) and one left `copying` with partial, wrong rows is
-//! emptied and copied again.
+//! workers is equal (binary), a table whose target column type differs goes
+//! in text format; then a table left `ready` is skipped (a change made on
+//! the target survives), one left `copying` with partial, wrong rows is
+//! emptied and copied again, and one that a `ready` table references by a
+//! foreign key (TRUNCATE refuses) is emptied with DELETE and copied again.
 //!
 //! `slow_target`: one of two targets behind a proxy adding latency; a run
 //! whose shutdown future fires after the first chunk returns `Interrupted`
@@ -243,15 +245,27 @@ async fn chunks_and_resume() {
     let source = Cluster::start(sm);
     let target_pg = Cluster::start(tm);
     let ddl = "CREATE TABLE accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84));
-               CREATE TABLE done_before (id int PRIMARY KEY, v text);
-               CREATE TABLE half_done (id int PRIMARY KEY, v text);";
+               CREATE TABLE half_done (id int PRIMARY KEY, v text);
+               CREATE TABLE parents (id int PRIMARY KEY);
+               CREATE TABLE children (id int PRIMARY KEY, parent int REFERENCES parents);";
     source.execute_blocking("postgres", ddl);
     target_pg.execute_blocking("postgres", ddl);
+    // The target's column type differs: binary would misread it.
+    source.execute_blocking(
+        "postgres",
+        "CREATE TABLE done_before (id int PRIMARY KEY, v text)",
+    );
+    target_pg.execute_blocking(
+        "postgres",
+        "CREATE TABLE done_before (id int PRIMARY KEY, v varchar(100))",
+    );
     source.execute_blocking(
         "postgres",
         "INSERT INTO accounts SELECT g, g % 10, 0, '' FROM generate_series(1, 100000) g;
          INSERT INTO done_before SELECT g, 'd' || g FROM generate_series(1, 1000) g;
-         INSERT INTO half_done SELECT g, 'h' || g FROM generate_series(1, 1000) g;",
+         INSERT INTO half_done SELECT g, 'h' || g FROM generate_series(1, 1000) g;
+         INSERT INTO parents SELECT g FROM generate_series(1, 100) g;
+         INSERT INTO children SELECT g, g % 100 + 1 FROM generate_series(1, 300) g;",
     );
     let src = source.connect("postgres").await;
     let tables = user_tables(&src).await;
@@ -273,6 +287,17 @@ async fn chunks_and_resume() {
         .find(|t| t.name == "accounts")
         .expect("accounts");
     assert!(accounts.chunks >= 10, "{accounts:?}");
+    assert_eq!(accounts.format, CopyFormat::Binary);
+    let done_before = report
+        .tables
+        .iter()
+        .find(|t| t.name == "done_before")
+        .expect("done_before");
+    assert_eq!(
+        done_before.format,
+        CopyFormat::Text,
+        "types differ on the target"
+    );
     assert_eq!(accounts.rows, 100_000);
     assert!(events
         .iter()
@@ -287,7 +312,10 @@ async fn chunks_and_resume() {
         "UPDATE done_before SET v = 'kept' WHERE id = 1;
          UPDATE pgrelay.table_sync SET state = 'copying', sync_lsn = NULL
           WHERE pipeline = 'resume' AND table_name = 'half_done';
-         DELETE FROM half_done WHERE id > 500; INSERT INTO half_done VALUES (5000, 'stray');",
+         DELETE FROM half_done WHERE id > 500; INSERT INTO half_done VALUES (5000, 'stray');
+         UPDATE pgrelay.table_sync SET state = 'copying', sync_lsn = NULL
+          WHERE pipeline = 'resume' AND table_name = 'parents';
+         INSERT INTO parents VALUES (1000);",
     )
     .await
     .expect("simulate a crashed run");
@@ -318,6 +346,14 @@ async fn chunks_and_resume() {
         .await
         .expect("read");
     assert!(stray.is_none(), "partial copy was not emptied");
+    // parents is referenced by children (ready, kept): TRUNCATE refuses,
+    // so it was emptied row by row instead.
+    assert_eq!(by_name("parents").copied_to, vec!["t".to_string()]);
+    assert_eq!(by_name("children").skipped_on, vec!["t".to_string()]);
+    dst.batch_execute("UPDATE done_before SET v = 'd1' WHERE id = 1")
+        .await
+        .expect("undo the marker");
+    assert_databases_equal(&src, &dst).await;
     let sync = sync_rows(&dst, "resume").await;
     assert!(sync.iter().all(|s| s.1 == "ready"), "{sync:?}");
 }
