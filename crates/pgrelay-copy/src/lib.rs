@@ -231,7 +231,7 @@ pub async fn copy_tables(
     shutdown: impl Future<Output = ()>,
 ) -> Result<CopyReport, CopyError> {
     let started = Instant::now();
-    validate(snapshot, targets, options)?;
+    validate(snapshot, targets, tables, options)?;
     let run = run(source, snapshot, targets, tables, options, events, started);
     tokio::select! {
         r = run => r,
@@ -245,6 +245,7 @@ pub async fn copy_tables(
 fn validate(
     snapshot: &SnapshotSpec,
     targets: &[CopyTarget],
+    tables: &[TableCopy],
     options: &CopyOptions,
 ) -> Result<(), CopyError> {
     if snapshot.snapshot.is_empty()
@@ -268,6 +269,16 @@ fn validate(
     }
     if options.pipeline.is_empty() {
         return Err(CopyError::Invalid("the pipeline name is empty".into()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(t) = tables
+        .iter()
+        .find(|t| !seen.insert((t.schema.as_str(), t.name.as_str())))
+    {
+        return Err(CopyError::Invalid(format!(
+            "table {}.{} is listed twice",
+            t.schema, t.name
+        )));
     }
     let mut names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
     names.sort_unstable();
@@ -327,6 +338,20 @@ async fn run(
     let mut planned: Vec<SourceTable> = Vec::with_capacity(tables.len());
     for t in tables {
         planned.push(plan::plan_table(&first_source, t).await?);
+    }
+    // A partition listed with one of its ancestors would be copied twice.
+    for (t, p) in tables.iter().zip(&planned) {
+        if let Some((s, n)) = p.ancestors.iter().find(|(s, n)| {
+            tables
+                .iter()
+                .any(|other| &other.schema == s && &other.name == n)
+        }) {
+            return Err(CopyError::Invalid(format!(
+                "{}.{} is a partition of {s}.{n}, which is also in the table list; list only \
+                 the partitioned table (its partitions are copied with it)",
+                t.schema, t.name
+            )));
+        }
     }
 
     // Inspect every target, then mark and empty what it needs.
@@ -854,5 +879,79 @@ async fn write_target(
             }
             None => return Err((k, None)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(name: &str) -> TableCopy {
+        TableCopy {
+            schema: "public".into(),
+            name: name.into(),
+            columns: vec!["id".into()],
+        }
+    }
+
+    #[test]
+    fn validate_refuses_bad_requests() {
+        let snap = SnapshotSpec {
+            snapshot: "00000003-0000001B-1".into(),
+            lsn: Lsn(1),
+        };
+        let opts = CopyOptions::new("p");
+        let tables = [table("a"), table("b")];
+        assert!(validate(&snap, &[], &tables, &opts).is_ok());
+        let twice = [table("a"), table("a")];
+        assert!(validate(&snap, &[], &twice, &opts)
+            .unwrap_err()
+            .to_string()
+            .contains("listed twice"));
+        let injected = SnapshotSpec {
+            snapshot: "1'; DROP TABLE x; --".into(),
+            lsn: Lsn(1),
+        };
+        assert!(matches!(
+            validate(&injected, &[], &tables, &opts),
+            Err(CopyError::Invalid(_))
+        ));
+        for bad in [
+            CopyOptions {
+                workers: 0,
+                ..opts.clone()
+            },
+            CopyOptions {
+                chunk_pages: 0,
+                ..opts.clone()
+            },
+            CopyOptions::new(""),
+        ] {
+            assert!(validate(&snap, &[], &tables, &bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn chunk_statements_cover_the_heap() {
+        let planned = SourceTable {
+            heaps: vec![plan::Heap {
+                quoted: "\"public\".\"t\"".into(),
+                pages: 25,
+            }],
+            column_types: vec!["integer".into()],
+            binary_ok: true,
+            ancestors: vec![],
+        };
+        let stmts = copy_out_statements(&table("t"), &planned, true, 10);
+        assert_eq!(
+            stmts,
+            [
+                "COPY (SELECT \"id\" FROM ONLY \"public\".\"t\" WHERE ctid >= '(0,0)'::tid AND ctid < '(10,0)'::tid) TO STDOUT (FORMAT binary)",
+                "COPY (SELECT \"id\" FROM ONLY \"public\".\"t\" WHERE ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid) TO STDOUT (FORMAT binary)",
+                "COPY (SELECT \"id\" FROM ONLY \"public\".\"t\" WHERE ctid >= '(20,0)'::tid) TO STDOUT (FORMAT binary)",
+            ]
+        );
+        let small = copy_out_statements(&table("t"), &planned, false, 25);
+        assert_eq!(small, ["COPY \"public\".\"t\" (\"id\") TO STDOUT"]);
     }
 }

@@ -53,6 +53,8 @@ pub(crate) struct SourceTable {
     pub column_types: Vec<String>,
     /// Every column's type is safe for binary COPY between servers.
     pub binary_ok: bool,
+    /// `schema.name` of every partitioned ancestor, for a partition.
+    pub ancestors: Vec<(String, String)>,
 }
 
 /// The closure of the types a set of columns uses (domains' base types,
@@ -185,10 +187,25 @@ pub(crate) async fn plan_table(
         .await
         .map_err(|e| CopyError::source(step("check binary I/O of its types"), e))?
         .get(0);
+    let ancestors = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text \
+               FROM pg_partition_ancestors($1::oid::regclass) a \
+               JOIN pg_class c ON c.oid = a.relid \
+               JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE c.oid <> $1",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| CopyError::source(step("read its partition ancestors"), e))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     Ok(SourceTable {
         heaps,
         column_types,
         binary_ok,
+        ancestors,
     })
 }
 

@@ -127,6 +127,26 @@ pgrelay_testkit::per_major!(types_to_two_targets, |major| async move {
         target("t17", t17.port(), "postgres"),
     ];
     let opts = options("types", 3, 16);
+
+    // A leaf listed with its partitioned parent would be copied twice.
+    let mut with_leaf = tables.clone();
+    with_leaf.push(pgrelay_copy::TableCopy {
+        schema: "public".into(),
+        name: "measurements_2024".into(),
+        columns: vec!["id".into(), "at".into(), "v".into()],
+    });
+    let (refused, _) = run_copy(&source, "postgres", &snap, &targets, &with_leaf, &opts).await;
+    match refused {
+        Err(e @ pgrelay_copy::CopyError::Invalid(_)) => {
+            assert!(
+                e.to_string().contains("partition of public.measurements"),
+                "{e}"
+            );
+            assert!(!e.is_transient());
+        }
+        other => panic!("a leaf with its parent must be refused: {other:?}"),
+    }
+
     let (result, events) = run_copy(&source, "postgres", &snap, &targets, &tables, &opts).await;
     let report = result.unwrap_or_else(|e| panic!("copy failed: {e}"));
 
