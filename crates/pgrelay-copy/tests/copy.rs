@@ -26,6 +26,9 @@
 //!
 //! `target_restart_is_transient`: a target restarted mid-copy fails the copy
 //! with a transient error, and running again completes it.
+//!
+//! `row_security_fails_loudly`: a role that policies would hide rows from
+//! gets a fatal error, not a partial copy.
 
 mod common;
 
@@ -530,4 +533,46 @@ fn pick(source: u32, target: u32) -> (u32, u32) {
         }
     };
     (choose(source, 0), choose(target, selected.len() - 1))
+}
+
+/// Row-level security that would hide rows from the copying role fails
+/// the copy (fatal) instead of copying a subset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_security_fails_loudly() {
+    let (sm, tm) = pick(16, 16);
+    let source = Cluster::start(sm);
+    let target_pg = Cluster::start(tm);
+    let ddl = "CREATE TABLE secret (id int PRIMARY KEY, v text);";
+    source.execute_blocking("postgres", ddl);
+    target_pg.execute_blocking("postgres", ddl);
+    source.execute_blocking(
+        "postgres",
+        &format!(
+            "INSERT INTO secret SELECT g, 's' || g FROM generate_series(1, 100) g;
+             ALTER TABLE secret ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY only_even ON secret FOR SELECT USING (id % 2 = 0);
+             GRANT SELECT ON secret TO {role};",
+            role = pgrelay_testkit::REPLICATION_ROLE
+        ),
+    );
+    let src = source.connect("postgres").await;
+    let tables = user_tables(&src).await;
+    let (_repl, snap) = export_snapshot(&source, "postgres").await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let result = pgrelay_copy::copy_tables(
+        &config(&source.conninfo(pgrelay_testkit::REPLICATION_ROLE, "postgres")),
+        &snap,
+        &[target("t", target_pg.port(), "postgres")],
+        &tables,
+        &options("rls", 1, 16),
+        tx,
+        std::future::pending(),
+    )
+    .await;
+    let err = result.expect_err("policies hide rows from this role");
+    assert!(!err.is_transient(), "{err}");
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    let dst = target_pg.connect("postgres").await;
+    assert_eq!(count(&dst, "secret").await, 0);
 }
