@@ -444,11 +444,25 @@ async fn run(
         let snap = snapshot.snapshot.clone();
         let existing = first_source.take();
         set.spawn(async move {
-            let client = match existing {
-                Some(c) => c,
-                None => open_source(&source, &snap).await?,
+            let first = existing.is_some();
+            let worker = match existing {
+                Some(c) => Worker::new(w, c, shared).await,
+                None => match open_source(&source, &snap).await {
+                    Ok(c) => Worker::new(w, c, shared).await,
+                    Err(e) => Err(e),
+                },
             };
-            Worker::new(w, client, shared).await?.run().await
+            match worker {
+                Ok(worker) => worker.run().await,
+                // Fewer sessions than asked for (max_connections, a
+                // connection limit) only slows the copy down: the first
+                // worker's sessions prove the servers are reachable.
+                Err(e) if !first && e.is_transient() => {
+                    tracing::warn!(worker = w, error = %e, "copy worker could not start; continuing with fewer workers");
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
         });
     }
     drop(first_source);

@@ -29,6 +29,9 @@
 //!
 //! `row_security_fails_loudly`: a role that policies would hide rows from
 //! gets a fatal error, not a partial copy.
+//!
+//! `connection_limit_means_fewer_workers`: with a role limited to two
+//! sessions, a four-worker copy completes with the two it got.
 
 mod common;
 
@@ -575,4 +578,42 @@ async fn row_security_fails_loudly() {
     assert!(err.to_string().contains("row-level security"), "{err}");
     let dst = target_pg.connect("postgres").await;
     assert_eq!(count(&dst, "secret").await, 0);
+}
+
+/// Workers that cannot get a source session (a role connection limit)
+/// leave the work to the others instead of failing the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_means_fewer_workers() {
+    let (sm, tm) = pick(17, 18);
+    let source = Cluster::start(sm);
+    let target_pg = Cluster::start(tm);
+    let ddl = "CREATE TABLE data (id int PRIMARY KEY, v text);";
+    source.execute_blocking("postgres", ddl);
+    target_pg.execute_blocking("postgres", ddl);
+    source.execute_blocking(
+        "postgres",
+        &format!(
+            "INSERT INTO data SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
+             GRANT SELECT ON data TO {role}; ALTER ROLE {role} CONNECTION LIMIT 2;",
+            role = pgrelay_testkit::REPLICATION_ROLE
+        ),
+    );
+    let src = source.connect("postgres").await;
+    let tables = user_tables(&src).await;
+    let (_repl, snap) = export_snapshot(&source, "postgres").await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let report = pgrelay_copy::copy_tables(
+        &config(&source.conninfo(pgrelay_testkit::REPLICATION_ROLE, "postgres")),
+        &snap,
+        &[target("t", target_pg.port(), "postgres")],
+        &tables,
+        &options("limit", 4, 16),
+        tx,
+        std::future::pending(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("copy with 2 of 4 sessions failed: {e}"));
+    assert!(report.tables[0].chunks >= 4, "{report:?}");
+    assert_databases_equal(&src, &target_pg.connect("postgres").await).await;
 }
