@@ -25,6 +25,13 @@
 //!   marked `copying`, emptied, copied chunk by chunk (each chunk its own
 //!   transaction), then marked `ready` at the snapshot's LSN.
 //!
+//! Metrics (the `metrics` facade; the binary installs the recorder):
+//! `pgrelay_copy_bytes_total{pipeline,table}` (COPY bytes read from the
+//! source), `pgrelay_copy_rows_total{pipeline,table}` (rows committed on the
+//! targets, counted once however many targets),
+//! `pgrelay_copy_chunks_total{pipeline}`,
+//! `pgrelay_copy_tables_pending{pipeline}` (tables not yet `ready`).
+//!
 //! Invariants: a table is `ready` on a target only when all its rows as of
 //! the snapshot are committed there; an error or a shutdown leaves no
 //! partially written chunk (its transaction aborts) and never marks a table
@@ -417,6 +424,9 @@ async fn run(
         runs[i].chunks = units.len() - before;
         runs[i].remaining.store(runs[i].chunks, Ordering::SeqCst);
     }
+    let pending = runs.iter().filter(|r| !r.targets.is_empty()).count();
+    metrics::gauge!("pgrelay_copy_tables_pending", "pipeline" => options.pipeline.clone())
+        .set(pending as f64);
     tracing::info!(
         tables = tables.len(),
         units = units.len(),
@@ -763,6 +773,14 @@ impl Worker {
             });
         }
         let total_rows = t.rows.fetch_add(rows, Ordering::SeqCst) + rows;
+        metrics::counter!(
+            "pgrelay_copy_rows_total",
+            "pipeline" => shared.pipeline.clone(),
+            "table" => t.display.clone()
+        )
+        .increment(rows);
+        metrics::counter!("pgrelay_copy_chunks_total", "pipeline" => shared.pipeline.clone())
+            .increment(1);
         let _ = shared.events.try_send(CopyEvent::Progress {
             table: t.display.clone(),
             rows: total_rows,
@@ -825,6 +843,12 @@ impl Worker {
         senders: &[mpsc::Sender<Block>],
     ) -> Result<(), ReadError> {
         t.bytes.fetch_add(block.len() as u64, Ordering::Relaxed);
+        metrics::counter!(
+            "pgrelay_copy_bytes_total",
+            "pipeline" => self.shared.pipeline.clone(),
+            "table" => t.display.clone()
+        )
+        .increment(block.len() as u64);
         for tx in senders {
             if tx.send(Block::Data(block.clone())).await.is_err() {
                 // The writer ended early: it failed, and the caller's join
@@ -858,6 +882,8 @@ impl Worker {
             .map(|s| s.elapsed())
             .unwrap_or_default();
         *t.elapsed.lock().unwrap_or_else(|e| e.into_inner()) = elapsed;
+        metrics::gauge!("pgrelay_copy_tables_pending", "pipeline" => self.shared.pipeline.clone())
+            .decrement(1.0);
         let bytes = t.bytes.load(Ordering::SeqCst);
         tracing::info!(table = %t.display, rows, bytes, elapsed_ms = elapsed.as_millis() as u64, lsn = %self.shared.lsn, "table copied");
         let _ = self

@@ -13,7 +13,7 @@
 //! taken before).
 //!
 //! `chunks_and_resume`: a table split into many ctid ranges copied by four
-//! workers is equal (binary), a table whose target column type differs goes
+//! workers is equal (binary) and counted in the metrics, a table whose target column type differs goes
 //! in text format; then a table left `ready` is skipped (a change made on
 //! the target survives), one left `copying` with partial, wrong rows is
 //! emptied and copied again, and one that a `ready` table references by a
@@ -297,6 +297,7 @@ async fn chunks_and_resume() {
     let tables = user_tables(&src).await;
     let targets = [target("t", target_pg.port(), "postgres")];
     let (_repl, snap) = export_snapshot(&source, "postgres").await;
+    metrics_text(); // installs the recorder before the copy
     let (result, events) = run_copy(
         &source,
         "postgres",
@@ -330,6 +331,16 @@ async fn chunks_and_resume() {
         .any(|e| matches!(e, CopyEvent::Progress { table, .. } if table == "public.accounts")));
     let dst = target_pg.connect("postgres").await;
     assert_databases_equal(&src, &dst).await;
+    let metrics = metrics_text();
+    for line in [
+        "pgrelay_copy_rows_total{pipeline=\"resume\",table=\"public.accounts\"} 100000",
+        "pgrelay_copy_tables_pending{pipeline=\"resume\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in\n{metrics}");
+    }
+    assert!(
+        metrics.contains("pgrelay_copy_bytes_total{pipeline=\"resume\",table=\"public.accounts\"}")
+    );
 
     // A crashed run's leftovers: done_before finished (then changed on the
     // target, which a recopy would undo), half_done interrupted with a

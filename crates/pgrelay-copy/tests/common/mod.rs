@@ -145,3 +145,16 @@ pub async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
         .unwrap_or_else(|e| panic!("count {table}: {e}"))
         .get(0)
 }
+
+/// The process-wide Prometheus recorder of this test binary, rendered.
+pub fn metrics_text() -> String {
+    use std::sync::OnceLock;
+    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("install the Prometheus recorder")
+        })
+        .render()
+}
