@@ -182,7 +182,9 @@ async fn generate_in_tx(
         source
             .query(&sql, &[&schemas])
             .await
-            .map_err(SchemaError::query(format!("read {what} from the source catalogs")))
+            .map_err(SchemaError::query(format!(
+                "read {what} from the source catalogs"
+            )))
     };
 
     // Schemas.
@@ -545,7 +547,11 @@ async fn generate_in_tx(
 
     for t in &ordered {
         let qn = t.qname();
-        let unlogged = if t.persistence == "u" { "UNLOGGED " } else { "" };
+        let unlogged = if t.persistence == "u" {
+            "UNLOGGED "
+        } else {
+            ""
+        };
         let parent = t.parent.filter(|p| included.contains(p));
         let mut sql = match (parent, &t.bound) {
             (Some(p), Some(bound)) => format!(
@@ -554,7 +560,10 @@ async fn generate_in_tx(
             ),
             _ => format!(
                 "CREATE {unlogged}TABLE {qn} ({})",
-                columns.get(&t.oid).map(|c| c.join(", ")).unwrap_or_default()
+                columns
+                    .get(&t.oid)
+                    .map(|c| c.join(", "))
+                    .unwrap_or_default()
             ),
         };
         if let Some(k) = &t.partkey {
@@ -568,7 +577,11 @@ async fn generate_in_tx(
         } else {
             ObjectKind::Table
         };
-        pre.push(Statement::new(kind, format!("{}.{}", t.schema, t.name), sql));
+        pre.push(Statement::new(
+            kind,
+            format!("{}.{}", t.schema, t.name),
+            sql,
+        ));
     }
     // Partition-local defaults that differ from the parent's.
     let rows = q(
@@ -617,7 +630,10 @@ async fn generate_in_tx(
             pre.push(Statement::new(
                 ObjectKind::Constraint,
                 format!("{qn} {name}"),
-                format!("ALTER TABLE {qn} ADD CONSTRAINT {} {def}", quote_ident(&name)),
+                format!(
+                    "ALTER TABLE {qn} ADD CONSTRAINT {} {def}",
+                    quote_ident(&name)
+                ),
             ));
         }
     }
@@ -761,7 +777,10 @@ async fn generate_in_tx(
         let st = Statement::new(
             kind,
             format!("{qn} {name}"),
-            format!("ALTER TABLE {qn} ADD CONSTRAINT {} {def}", quote_ident(&name)),
+            format!(
+                "ALTER TABLE {qn} ADD CONSTRAINT {} {def}",
+                quote_ident(&name)
+            ),
         );
         if kind == ObjectKind::ForeignKey {
             let referenced: Oid = r.get(4);
@@ -796,7 +815,11 @@ async fn generate_in_tx(
         // A partitioned table's index is shown as `ON ONLY parent`; without
         // ONLY it is built on every partition and attached in one step.
         let def = def.replacen(" ON ONLY ", " ON ", 1);
-        post.push(Statement::new(ObjectKind::Index, format!("{qn} {name}"), def));
+        post.push(Statement::new(
+            ObjectKind::Index,
+            format!("{qn} {name}"),
+            def,
+        ));
     }
     let rows = q(
         "SELECT i.indrelid, ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \

@@ -26,7 +26,9 @@ pub async fn copy_large_objects(source: &Client, target: &Client) -> Result<u64,
     source
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
-        .map_err(SchemaError::query("begin the large-object read transaction"))?;
+        .map_err(SchemaError::query(
+            "begin the large-object read transaction",
+        ))?;
     let result = copy_in_tx(source, target).await;
     let _ = source.batch_execute("COMMIT").await;
     result

@@ -310,8 +310,13 @@ pub async fn dump_schema(
     let (pre_data, post_data, dump_source) = match tool {
         Some((path, tool_major)) => {
             tracing::info!(pg_dump = %path.display(), pg_dump_major = tool_major, source_major = major, "schema from pg_dump");
-            let (pre, post) =
-                pgdump::dump(&path, source_config, options, options.schemas.is_some().then_some(&schemas[..])).await?;
+            let (pre, post) = pgdump::dump(
+                &path,
+                source_config,
+                options,
+                options.schemas.is_some().then_some(&schemas[..]),
+            )
+            .await?;
             (
                 pre,
                 post,

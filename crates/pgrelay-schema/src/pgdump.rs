@@ -62,7 +62,12 @@ fn candidates() -> Vec<PathBuf> {
                     dirs.sort();
                     for d in dirs {
                         out.push(d.join("bin").join("pg_dump"));
-                        out.push(d.join("pgserver").join("pginstall").join("bin").join("pg_dump"));
+                        out.push(
+                            d.join("pgserver")
+                                .join("pginstall")
+                                .join("bin")
+                                .join("pg_dump"),
+                        );
                     }
                 }
                 break;
@@ -135,7 +140,10 @@ fn libpq_env(config: &Config) -> Vec<(&'static str, String)> {
         ("PGUSER", config.user.clone()),
         ("PGDATABASE", config.dbname.clone()),
         ("PGSSLMODE", config.sslmode.as_str().to_string()),
-        ("PGCHANNELBINDING", config.channel_binding.as_str().to_string()),
+        (
+            "PGCHANNELBINDING",
+            config.channel_binding.as_str().to_string(),
+        ),
         ("PGAPPNAME", "pgrelay-schema".to_string()),
     ];
     if addrs.iter().any(|a| !a.is_empty()) {

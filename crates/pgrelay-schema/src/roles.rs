@@ -64,7 +64,11 @@ pub async fn dump_roles_selected(
     for r in &rows {
         let name: String = r.get(1);
         let flag = |i: usize, yes: &str, no: &str| -> String {
-            if r.get::<_, bool>(i) { yes.into() } else { no.into() }
+            if r.get::<_, bool>(i) {
+                yes.into()
+            } else {
+                no.into()
+            }
         };
         let mut attrs = vec![
             flag(2, "SUPERUSER", "NOSUPERUSER"),

@@ -271,7 +271,10 @@ pub fn statement_table(sql: &str) -> Option<String> {
     let upper: Vec<String> = toks.iter().map(|t| t.to_ascii_uppercase()).collect();
     let after = |idx: usize| -> Option<String> {
         let mut k = idx;
-        while upper.get(k).is_some_and(|t| t == "ONLY" || t == "IF" || t == "EXISTS") {
+        while upper
+            .get(k)
+            .is_some_and(|t| t == "ONLY" || t == "IF" || t == "EXISTS")
+        {
             k += 1;
         }
         toks.get(k).cloned()
@@ -323,8 +326,10 @@ mod tests {
             Some("\"S\".\"T y\"")
         );
         assert_eq!(
-            statement_table("CREATE TRIGGER trg BEFORE INSERT ON public.t FOR EACH ROW EXECUTE FUNCTION f()")
-                .as_deref(),
+            statement_table(
+                "CREATE TRIGGER trg BEFORE INSERT ON public.t FOR EACH ROW EXECUTE FUNCTION f()"
+            )
+            .as_deref(),
             Some("public.t")
         );
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
