@@ -5,7 +5,7 @@
 //! composite types, sequences (every parameter; `OWNED BY` once the tables
 //! exist), functions and procedures (`pg_get_functiondef`), tables with
 //! defaults, NOT NULL, CHECK constraints, identity columns (with their
-//! sequence options), stored generated columns, collations, storage
+//! sequence options), stored (and 18's virtual) generated columns, collations, storage
 //! parameters, UNLOGGED, partitioned tables and their partitions (nested
 //! too), REPLICA IDENTITY, views and materialized views (in dependency
 //! order) as pre-data; primary keys, unique and exclusion constraints,
@@ -528,6 +528,8 @@ async fn generate_in_tx(
         }
         match (generated.as_str(), &default) {
             ("s", Some(expr)) => col.push_str(&format!(" GENERATED ALWAYS AS ({expr}) STORED")),
+            // PostgreSQL 18's virtual generated columns (computed on read).
+            ("v", Some(expr)) => col.push_str(&format!(" GENERATED ALWAYS AS ({expr}) VIRTUAL")),
             (_, Some(expr)) => col.push_str(&format!(" DEFAULT {expr}")),
             _ => {}
         }
