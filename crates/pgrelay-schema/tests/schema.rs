@@ -474,6 +474,13 @@ async fn pg_dump_ddl_from_15_to_17() {
     scenario(15, 17, false, false, true).await;
 }
 
+/// A 16 source: the PostgreSQL 16 client tools under `.pg/pgserver-16`
+/// qualify (pg_dump 15 does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_dump_ddl_from_16_to_17() {
+    scenario(16, 17, false, false, true).await;
+}
+
 /// No pg_dump 17 or newer is installed here, so a 17 source falls back to
 /// the catalogs on its own; the 18 target adds NOT NULL constraints to
 /// pg_constraint, which the copy must not trip over.
