@@ -21,7 +21,8 @@ use crate::SchemaError;
 const CHUNK: i32 = 1 << 20;
 
 /// Copies every large object of the source database to the target; returns
-/// how many.
+/// how many. Opens and commits its own transactions on both clients, so
+/// neither may be inside a transaction of the caller's.
 pub async fn copy_large_objects(source: &Client, target: &Client) -> Result<u64, SchemaError> {
     source
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -120,33 +121,60 @@ async fn copy_in_tx(source: &Client, target: &Client) -> Result<u64, SchemaError
     Ok(copied)
 }
 
+/// Sequences read or set per round trip: switchover waits on this with
+/// writes fenced, so it must not cost two round trips per sequence.
+const SEQUENCE_BATCH: usize = 500;
+
 /// Sets each target sequence to the source's `last_value`/`is_called`;
-/// returns how many were set.
+/// returns how many were set. One read and one write round trip per 500
+/// sequences.
 pub async fn sync_sequences(
     source: &Client,
     target: &Client,
     seqs: &[(String, String)],
 ) -> Result<usize, SchemaError> {
     let mut done = 0;
-    for (schema, name) in seqs {
-        let qn = qualified(schema, name);
-        let row = source
-            .query_one(&format!("SELECT last_value, is_called FROM {qn}"), &[])
+    for batch in seqs.chunks(SEQUENCE_BATCH) {
+        let select = batch
+            .iter()
+            .enumerate()
+            .map(|(i, (schema, name))| {
+                format!(
+                    "SELECT {i}::int4, last_value, is_called FROM {}",
+                    qualified(schema, name)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let rows = source
+            .query(&select, &[])
             .await
-            .map_err(SchemaError::query(format!(
-                "read sequence {qn} on the source (needs SELECT on it)"
-            )))?;
-        let (last, called): (i64, bool) = (row.get(0), row.get(1));
+            .map_err(SchemaError::query(
+                "read sequences on the source (needs SELECT on each)",
+            ))?;
+        let mut names = Vec::with_capacity(rows.len());
+        let mut values = Vec::with_capacity(rows.len());
+        let mut called = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let i: i32 = r.get(0);
+            let (schema, name) = &batch[i as usize];
+            names.push(qualified(schema, name));
+            values.push(r.get::<_, i64>(1));
+            called.push(r.get::<_, bool>(2));
+        }
         target
             .execute(
-                "SELECT pg_catalog.setval($1::text::pg_catalog.regclass, $2, $3)",
-                &[&qn, &last, &called],
+                "SELECT pg_catalog.setval(u.s::pg_catalog.regclass, u.v, u.c) \
+                 FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::int8[]), \
+                 pg_catalog.unnest($3::bool[])) AS u(s, v, c)",
+                &[&names, &values, &called],
             )
             .await
             .map_err(SchemaError::query(format!(
-                "set sequence {qn} on the target (does it exist there?)"
+                "set {} sequences on the target (do they all exist there?)",
+                names.len()
             )))?;
-        done += 1;
+        done += names.len();
     }
     Ok(done)
 }

@@ -292,8 +292,9 @@ pub(crate) async fn selected_schemas(
     }
 }
 
-/// Reads the source's schema. Runs in one REPEATABLE READ read-only
-/// transaction on `source` (catalog path) so every query sees one state.
+/// Reads the source's schema. The catalog path runs in one REPEATABLE READ
+/// read-only transaction on `source` (so every query sees one state), which
+/// is why `source` must not be inside a transaction of the caller's.
 pub async fn dump_schema(
     source_config: &pgrelay_source::Config,
     source: &Client,
