@@ -141,6 +141,45 @@ pub(crate) async fn sequence_list(
         .collect())
 }
 
+/// `CREATE EXTENSION IF NOT EXISTS` for every extension of the database
+/// (and its schema if that is outside `schemas`). pg_dump leaves extensions
+/// out when schemas are listed with `--schema`, so that path uses this too.
+pub(crate) async fn extensions(
+    source: &Client,
+    schemas: &[String],
+) -> Result<Vec<Statement>, SchemaError> {
+    let rows = source
+        .query(
+            "SELECT e.extname::text, n.nspname::text FROM pg_catalog.pg_extension e \
+             JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
+             WHERE e.extname <> 'plpgsql' ORDER BY e.oid",
+            &[],
+        )
+        .await
+        .map_err(SchemaError::query("list extensions"))?;
+    let mut out = Vec::new();
+    for r in &rows {
+        let (ext, schema): (String, String) = (r.get(0), r.get(1));
+        if !schemas.contains(&schema) && schema != "pg_catalog" {
+            out.push(Statement::new(
+                ObjectKind::Schema,
+                schema.clone(),
+                format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&schema)),
+            ));
+        }
+        out.push(Statement::new(
+            ObjectKind::Extension,
+            ext.clone(),
+            format!(
+                "CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {} CASCADE",
+                quote_ident(&ext),
+                quote_ident(&schema)
+            ),
+        ));
+    }
+    Ok(out)
+}
+
 struct Table {
     oid: Oid,
     schema: String,
@@ -196,35 +235,7 @@ async fn generate_in_tx(
         ));
     }
 
-    // Extensions (their schema may be outside the selection).
-    let rows = source
-        .query(
-            "SELECT e.extname::text, n.nspname::text FROM pg_extension e \
-             JOIN pg_namespace n ON n.oid = e.extnamespace \
-             WHERE e.extname <> 'plpgsql' ORDER BY e.oid",
-            &[],
-        )
-        .await
-        .map_err(SchemaError::query("list extensions"))?;
-    for r in &rows {
-        let (ext, schema): (String, String) = (r.get(0), r.get(1));
-        if !schemas.contains(&schema) && schema != "pg_catalog" {
-            pre.push(Statement::new(
-                ObjectKind::Schema,
-                schema.clone(),
-                format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&schema)),
-            ));
-        }
-        pre.push(Statement::new(
-            ObjectKind::Extension,
-            ext.clone(),
-            format!(
-                "CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {} CASCADE",
-                quote_ident(&ext),
-                quote_ident(&schema)
-            ),
-        ));
-    }
+    pre.extend(extensions(source, schemas).await?);
 
     // Types: enums, domains, composites, in creation (oid) order so a
     // domain over an enum follows the enum.

@@ -311,13 +311,18 @@ pub async fn dump_schema(
     let (pre_data, post_data, dump_source) = match tool {
         Some((path, tool_major)) => {
             tracing::info!(pg_dump = %path.display(), pg_dump_major = tool_major, source_major = major, "schema from pg_dump");
-            let (pre, post) = pgdump::dump(
-                &path,
-                source_config,
-                options,
-                options.schemas.is_some().then_some(&schemas[..]),
-            )
-            .await?;
+            let listed = options.schemas.is_some().then_some(&schemas[..]);
+            let (mut pre, post) = pgdump::dump(&path, source_config, options, listed).await?;
+            if listed.is_some() {
+                // pg_dump --schema leaves extensions out; they go after
+                // pg_dump's session settings.
+                let at = pre
+                    .iter()
+                    .position(|s| s.kind != ObjectKind::Setting)
+                    .unwrap_or(pre.len());
+                let ext = catalog::extensions(source, &schemas).await?;
+                pre.splice(at..at, ext);
+            }
             (
                 pre,
                 post,

@@ -290,7 +290,16 @@ fn statements(script: &str) -> Vec<Statement> {
                 },
                 None => String::new(),
             };
-            let mut s = Statement::new(kind, name, p.sql);
+            let mut sql = p.sql;
+            // `--schema=public` makes pg_dump create `public`, which every
+            // target database already has.
+            if kind == ObjectKind::Schema
+                && sql.starts_with("CREATE SCHEMA ")
+                && !sql.starts_with("CREATE SCHEMA IF NOT EXISTS ")
+            {
+                sql = sql.replacen("CREATE SCHEMA ", "CREATE SCHEMA IF NOT EXISTS ", 1);
+            }
+            let mut s = Statement::new(kind, name, sql);
             if kind == ObjectKind::Setting {
                 s.name = "session setting".into();
             }

@@ -25,6 +25,7 @@ const DB: &str = "shop";
 const APP_PASSWORD: &str = "App-Secret-pw-41";
 
 const SCHEMA_SQL: &str = r#"
+CREATE EXTENSION citext;
 CREATE SCHEMA app;
 CREATE TYPE app.status AS ENUM ('new', 'paid', 'shipped');
 CREATE DOMAIN app.email AS text NOT NULL CONSTRAINT email_has_at CHECK (VALUE ~ '@');
@@ -35,6 +36,7 @@ CREATE TABLE app.customers (
   id bigint GENERATED ALWAYS AS IDENTITY (START WITH 1000 INCREMENT BY 2),
   email app.email UNIQUE,
   name text COLLATE "C" NOT NULL,
+  nick citext,
   addr app.address,
   created timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (id)
@@ -185,7 +187,9 @@ async fn catalog(client: &Client) -> BTreeMap<&'static str, Vec<String>> {
                AND {user}")),
         ("functions", format!(
             "SELECT p.oid::regprocedure::text, pg_get_function_result(p.oid), p.prosrc, p.prokind \
-             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {user}")),
+             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {user} \
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass \
+                               AND d.objid = p.oid AND d.deptype = 'e')")),
     ];
     let mut out = BTreeMap::new();
     for (name, sql) in queries {
@@ -244,6 +248,7 @@ async fn scenario(
     force_catalog: bool,
     with_roles: bool,
     expect_pg_dump: bool,
+    list_schemas: bool,
 ) {
     let source = Cluster::start(source_major);
     let target = Cluster::builder(target_major)
@@ -273,6 +278,8 @@ async fn scenario(
     let options = SchemaOptions {
         roles: with_roles,
         force_catalog,
+        // Listing schemas makes pg_dump leave extensions out.
+        schemas: list_schemas.then(|| vec!["app".to_string(), "public".to_string()]),
         ..SchemaOptions::default()
     };
     let dump = dump_schema(&source_config, &src, &options)
@@ -459,33 +466,33 @@ async fn scenario(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_ddl_from_14_to_17_with_roles() {
-    scenario(14, 17, true, true, false).await;
+    scenario(14, 17, true, true, false, false).await;
 }
 
 /// The migration's main path: no pg_dump 14 here, pg_dump 15 dumps the 14
 /// source, keeping owners and privileges (roles copied first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_dump_ddl_from_14_to_17_with_roles() {
-    scenario(14, 17, false, true, true).await;
+    scenario(14, 17, false, true, true, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_dump_ddl_from_15_to_17() {
-    scenario(15, 17, false, false, true).await;
+async fn pg_dump_ddl_from_15_to_17_listed_schemas() {
+    scenario(15, 17, false, false, true, true).await;
 }
 
 /// A 16 source: the PostgreSQL 16 client tools under `.pg/pgserver-16`
 /// qualify (pg_dump 15 does not).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_dump_ddl_from_16_to_17() {
-    scenario(16, 17, false, false, true).await;
+    scenario(16, 17, false, false, true, false).await;
 }
 
 /// No pg_dump 17 or newer is installed here, so a 17 source falls back to
 /// the catalogs on its own; the 18 target adds NOT NULL constraints to
 /// pg_constraint, which the copy must not trip over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn catalog_fallback_from_17_to_18() {
+async fn catalog_fallback_from_17_to_18_listed_schemas() {
     if pgrelay_schema::find_pg_dump(None, 17)
         .await
         .expect("search")
@@ -495,5 +502,52 @@ async fn catalog_fallback_from_17_to_18() {
             "a pg_dump >= 17 is installed; this test expects none (run it where only 15/16 exist)"
         );
     }
-    scenario(17, 18, false, false, false).await;
+    scenario(17, 18, false, false, false, true).await;
+}
+
+/// Many sequences (more than one batch), odd names, and every state a
+/// sequence can be in: never used, used, `setval(..., false)`, descending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_sequences_copies_every_state_in_batches() {
+    let source = Cluster::start(14);
+    let target = Cluster::start(17);
+    let ddl = r#"
+        CREATE SCHEMA "Odd Schema";
+        CREATE SEQUENCE "Odd Schema"."seq ""quoted""";
+        CREATE SEQUENCE public.down INCREMENT BY -3 MINVALUE -1000 MAXVALUE 10 START WITH 10;
+        DO $$ BEGIN FOR i IN 1..1200 LOOP EXECUTE format('CREATE SEQUENCE public.s%s', i); END LOOP; END $$;
+    "#;
+    source.execute_blocking("postgres", ddl);
+    target.execute_blocking("postgres", ddl);
+    source.execute_blocking(
+        "postgres",
+        r#"DO $$ BEGIN FOR i IN 1..1200 BY 7 LOOP PERFORM nextval(format('public.s%s', i)) FROM generate_series(1, i); END LOOP; END $$;
+           SELECT setval('public.s2', 77, false);
+           SELECT nextval('"Odd Schema"."seq ""quoted"""');
+           SELECT nextval('public.down'), nextval('public.down');"#,
+    );
+    let src = source.connect("postgres").await;
+    let dst = target.connect("postgres").await;
+    let mut seqs: Vec<(String, String)> = (1..=1200)
+        .map(|i| ("public".to_string(), format!("s{i}")))
+        .collect();
+    seqs.push(("Odd Schema".into(), "seq \"quoted\"".into()));
+    seqs.push(("public".into(), "down".into()));
+    assert_eq!(sync_sequences(&src, &dst, &seqs).await.expect("sync"), 1202);
+    let state = "SELECT c.oid::regclass::text, pg_sequence_last_value(c.oid), \
+                 (SELECT s.seqstart FROM pg_sequence s WHERE s.seqrelid = c.oid) \
+                 FROM pg_class c WHERE c.relkind = 'S'";
+    let on_source = rows(&src, state).await;
+    assert_eq!(on_source.len(), 1202);
+    assert_eq!(on_source, rows(&dst, state).await);
+    for (sql, expected) in [
+        ("SELECT nextval('public.s2')", 77),
+        ("SELECT nextval('public.s8')", 9),
+        ("SELECT nextval('public.s3')", 1),
+        ("SELECT nextval('public.down')", 4),
+        ("SELECT nextval('\"Odd Schema\".\"seq \"\"quoted\"\"\"')", 2),
+    ] {
+        let v: i64 = dst.query_one(sql, &[]).await.expect(sql).get(0);
+        assert_eq!(v, expected, "{sql}");
+    }
 }
