@@ -104,8 +104,8 @@ async fn end(source: &Client) {
     let _ = source.batch_execute("COMMIT").await;
 }
 
-/// Every sequence in `schemas` except identity sequences of excluded
-/// tables, as `(schema, name)`.
+/// Every sequence in `schemas` except those an excluded table owns
+/// (identity, serial or `OWNED BY`), as `(schema, name)`.
 pub(crate) async fn sequence_list(
     source: &Client,
     schemas: &[String],
@@ -117,7 +117,8 @@ pub(crate) async fn sequence_list(
                 "SELECT n.nspname::text, c.relname::text, tn.nspname::text, tc.relname::text \
                  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  LEFT JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-                      AND d.objid = c.oid AND d.deptype = 'i' \
+                      AND d.objid = c.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                      AND d.deptype IN ('i', 'a') AND d.refobjsubid > 0 \
                  LEFT JOIN pg_catalog.pg_class tc ON tc.oid = d.refobjid \
                  LEFT JOIN pg_catalog.pg_namespace tn ON tn.oid = tc.relnamespace \
                  WHERE c.relkind = 'S' AND n.nspname = ANY($1) AND {} ORDER BY c.oid",
@@ -139,6 +140,34 @@ pub(crate) async fn sequence_list(
         })
         .map(|r| (r.get(0), r.get(1)))
         .collect())
+}
+
+/// The sequences excluded tables own (serial, identity, `OWNED BY`), as
+/// `(schema, name)`: pg_dump would dump a serial one without its table.
+pub(crate) async fn sequences_of_excluded(
+    source: &Client,
+    exclude: &[(String, String)],
+) -> Result<Vec<(String, String)>, SchemaError> {
+    let mut out = Vec::new();
+    for (schema, table) in exclude {
+        let rows = source
+            .query(
+                "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_depend d \
+                 JOIN pg_catalog.pg_class c ON c.oid = d.objid AND c.relkind = 'S' \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN pg_catalog.pg_class t ON t.oid = d.refobjid \
+                 JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace \
+                 WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                   AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                   AND d.deptype IN ('a', 'i') AND d.refobjsubid > 0 \
+                   AND tn.nspname = $1 AND t.relname = $2",
+                &[schema, table],
+            )
+            .await
+            .map_err(SchemaError::query("list sequences of excluded tables"))?;
+        out.extend(rows.iter().map(|r| (r.get(0), r.get(1))));
+    }
+    Ok(out)
 }
 
 /// `CREATE EXTENSION IF NOT EXISTS` for every extension of the database
@@ -403,6 +432,14 @@ async fn generate_in_tx(
     let mut owned_by = Vec::new();
     for r in &rows {
         let (schema, name): (String, String) = (r.get(0), r.get(1));
+        let owner: Option<Vec<String>> = r.get(9);
+        if owner
+            .as_ref()
+            .is_some_and(|o| o.len() == 3 && excluded(exclude, &o[0], &o[1]))
+        {
+            // Goes with the table left out.
+            continue;
+        }
         let p = SeqParams::from_row(r, 2);
         let qn = qualified(&schema, &name);
         pre.push(Statement::new(
@@ -410,7 +447,6 @@ async fn generate_in_tx(
             format!("{schema}.{name}"),
             format!("CREATE SEQUENCE {qn} {}", p.options(true)),
         ));
-        let owner: Option<Vec<String>> = r.get(9);
         if let Some(o) = owner {
             if o.len() == 3 && schemas.contains(&o[0]) && !excluded(exclude, &o[0], &o[1]) {
                 owned_by.push(Statement::new(

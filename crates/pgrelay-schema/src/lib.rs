@@ -312,7 +312,12 @@ pub async fn dump_schema(
         Some((path, tool_major)) => {
             tracing::info!(pg_dump = %path.display(), pg_dump_major = tool_major, source_major = major, "schema from pg_dump");
             let listed = options.schemas.is_some().then_some(&schemas[..]);
-            let (mut pre, post) = pgdump::dump(&path, source_config, options, listed).await?;
+            let mut pg_dump_options = options.clone();
+            pg_dump_options
+                .exclude_tables
+                .extend(catalog::sequences_of_excluded(source, &options.exclude_tables).await?);
+            let (mut pre, post) =
+                pgdump::dump(&path, source_config, &pg_dump_options, listed).await?;
             if listed.is_some() {
                 // pg_dump --schema leaves extensions out; they go after
                 // pg_dump's session settings.
