@@ -12,7 +12,10 @@
 //! everything else (triggers, comments, grants, refreshes, rules) in the
 //! dump's order on one connection. Every connection first runs the dump's
 //! session settings. A failure stops the other workers from starting new
-//! work and is returned with the statement it came from.
+//! work and is returned with the statement it came from. Rerunning after an
+//! interruption keeps the indexes, constraints and triggers the earlier run
+//! built (their names are taken: duplicate errors count as done) and builds
+//! the rest.
 //! PostgreSQL docs: "Populating a Database" (populate: "Add Indexes and
 //! Foreign Key Constraints afterward"), "Explicit Locking" (explicit-locking).
 
@@ -47,6 +50,9 @@ pub struct PostDataReport {
     pub connections: usize,
     /// Deadlocks between foreign keys that were retried.
     pub deadlock_retries: usize,
+    /// Indexes, constraints and triggers that already existed (an earlier,
+    /// interrupted run built them) and were kept.
+    pub already_present: usize,
     pub elapsed: Duration,
 }
 
@@ -106,12 +112,48 @@ fn by_table(statements: Vec<Statement>) -> Vec<Vec<Statement>> {
 
 const DEADLOCK: &str = "40P01";
 
+/// Runs one post-data statement; `Ok(true)` when the object it builds is
+/// already there. A rerun after an interruption then finishes the rest
+/// instead of failing on the first object the earlier run built. Only the
+/// errors that mean "this name is taken" count, and only for objects named
+/// by the dump itself.
+async fn execute_post(client: &Client, s: &Statement) -> Result<bool, tokio_postgres::Error> {
+    match client.batch_execute(&s.sql).await {
+        Ok(()) => Ok(false),
+        Err(e) => {
+            let code = e.code().map(|c| c.code()).unwrap_or("");
+            let duplicate = match s.kind {
+                ObjectKind::Index
+                | ObjectKind::Unique
+                | ObjectKind::Constraint
+                | ObjectKind::ForeignKey
+                | ObjectKind::Trigger => code == "42P07" || code == "42710",
+                ObjectKind::PrimaryKey => {
+                    code == "42P07"
+                        || code == "42710"
+                        || (code == "42P16"
+                            && e.as_db_error()
+                                .is_some_and(|d| d.message().contains("multiple primary keys")))
+                }
+                _ => false,
+            };
+            if duplicate {
+                tracing::info!(kind = ?s.kind, object = %s.name, "already built by an earlier run; kept");
+                Ok(true)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
 /// Runs groups of statements concurrently on `clients` (one group at a time
-/// per client); returns the number of deadlock retries.
+/// per client); returns the number of deadlock retries and of objects
+/// already present.
 async fn run_groups(
     clients: &[Arc<Client>],
     groups: Vec<Vec<Statement>>,
-) -> Result<usize, SchemaError> {
+) -> Result<(usize, usize), SchemaError> {
     let queue = Arc::new(Mutex::new(VecDeque::from(groups)));
     let failed = Arc::new(AtomicBool::new(false));
     let mut tasks = tokio::task::JoinSet::new();
@@ -121,20 +163,24 @@ async fn run_groups(
         let failed = Arc::clone(&failed);
         tasks.spawn(async move {
             let mut retries = 0usize;
+            let mut present = 0usize;
             loop {
                 if failed.load(Ordering::Relaxed) {
-                    return Ok(retries);
+                    return Ok((retries, present));
                 }
                 let group = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
                 let Some(group) = group else {
-                    return Ok(retries);
+                    return Ok((retries, present));
                 };
                 for s in &group {
                     let started = Instant::now();
                     let mut attempt = 0;
                     loop {
-                        match client.batch_execute(&s.sql).await {
-                            Ok(()) => break,
+                        match execute_post(&client, s).await {
+                            Ok(existed) => {
+                                present += usize::from(existed);
+                                break;
+                            }
                             Err(e)
                                 if attempt < 5
                                     && e.code().is_some_and(|c| c.code() == DEADLOCK) =>
@@ -156,10 +202,14 @@ async fn run_groups(
         });
     }
     let mut retries = 0;
+    let mut present = 0;
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok(Ok(r)) => retries += r,
+            Ok(Ok((r, p))) => {
+                retries += r;
+                present += p;
+            }
             Ok(Err(e)) => {
                 first_error.get_or_insert(e);
             }
@@ -172,7 +222,7 @@ async fn run_groups(
     }
     match first_error {
         Some(e) => Err(e),
-        None => Ok(retries),
+        None => Ok((retries, present)),
     }
 }
 
@@ -231,19 +281,23 @@ pub async fn apply_post_data(
         connections = n,
         "building post-data"
     );
-    report.deadlock_retries += run_groups(&clients, by_table(indexes)).await?;
+    let (retries, present) = run_groups(&clients, by_table(indexes)).await?;
+    report.deadlock_retries += retries;
+    report.already_present += present;
     for s in &attach {
         clients[0]
             .batch_execute(&s.sql)
             .await
             .map_err(|e| SchemaError::apply(s, &e))?;
     }
-    report.deadlock_retries += run_groups(&clients, by_table(fks)).await?;
+    let (retries, present) = run_groups(&clients, by_table(fks)).await?;
+    report.deadlock_retries += retries;
+    report.already_present += present;
     for s in &rest {
-        clients[0]
-            .batch_execute(&s.sql)
+        let existed = execute_post(&clients[0], s)
             .await
             .map_err(|e| SchemaError::apply(s, &e))?;
+        report.already_present += usize::from(existed);
     }
     report.elapsed = started.elapsed();
     Ok(report)

@@ -354,6 +354,24 @@ async fn scenario(
         report.indexes >= 8 && report.foreign_keys >= 3,
         "{report:?}"
     );
+    assert_eq!(report.already_present, 0, "{report:?}");
+    if force_catalog {
+        // A rerun (as after an interruption) keeps what is built.
+        let again = apply_post_data(&target_config, &dump, 2)
+            .await
+            .expect("rerun post-data");
+        let triggers = dump
+            .post_data
+            .iter()
+            .filter(|s| s.kind == ObjectKind::Trigger)
+            .count();
+        assert!(triggers > 0);
+        assert_eq!(
+            again.already_present,
+            again.indexes + again.foreign_keys + triggers,
+            "every index, key and trigger already exists: {again:?}"
+        );
+    }
     if let Some(grants) = &role_statements {
         apply_statements(&dst, grants).await.expect("apply grants");
     }
