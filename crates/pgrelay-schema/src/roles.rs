@@ -2,7 +2,9 @@
 //!
 //! Roles are created if missing and then given the source's attributes
 //! (`ALTER ROLE ... WITH ...`), so rerunning is harmless and a role that
-//! already exists on the target is brought in line. Passwords are copied as
+//! already exists on the target is brought in line, except the role applying
+//! the statements: copying, say, NOSUPERUSER from a managed source onto the
+//! target's admin would lock the migration out of its own target. Passwords are copied as
 //! the stored SCRAM or MD5 verifier from `pg_authid` when the source role may
 //! read it (superuser); otherwise the role is created without a password and
 //! a warning says so. The bootstrap superuser and `pg_*` roles are left
@@ -90,24 +92,23 @@ pub async fn dump_roles_selected(
             attrs.push(format!("VALID UNTIL {}", quote_literal(&v)));
         }
         let q = quote_ident(&name);
-        // A dollar-quote tag the role name cannot end early.
+        let alter = format!("ALTER ROLE {q} WITH {}", attrs.join(" "));
+        let body = format!(
+            "BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {name_lit}) \
+             THEN CREATE ROLE {q}; END IF; \
+             IF {name_lit} <> current_user THEN EXECUTE {alter_lit}; END IF; END",
+            name_lit = quote_literal(&name),
+            alter_lit = quote_literal(&alter),
+        );
+        // A dollar-quote tag the body cannot end early.
         let mut tag = String::from("pgrelay");
-        while name.contains(&format!("${tag}$")) {
+        while body.contains(&format!("${tag}$")) {
             tag.push('x');
         }
         out.push(Statement::new(
             ObjectKind::Role,
             name.clone(),
-            format!(
-                "DO ${tag}$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {}) \
-                 THEN CREATE ROLE {q}; END IF; END ${tag}$",
-                quote_literal(&name)
-            ),
-        ));
-        out.push(Statement::new(
-            ObjectKind::Role,
-            name.clone(),
-            format!("ALTER ROLE {q} WITH {}", attrs.join(" ")),
+            format!("DO ${tag}$ {body} ${tag}$"),
         ));
     }
     if !without_password.is_empty() {

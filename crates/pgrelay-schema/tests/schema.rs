@@ -110,6 +110,7 @@ INSERT INTO public."Mixed Case" SELECT g, 'v' || g FROM generate_series(1, 20) g
 "#;
 
 const ROLES_SQL: &str = r#"
+CREATE ROLE migrator LOGIN NOSUPERUSER;
 CREATE ROLE app_owner NOLOGIN;
 CREATE ROLE app_user LOGIN PASSWORD 'App-Secret-pw-41' CONNECTION LIMIT 7;
 GRANT app_owner TO app_user;
@@ -338,7 +339,27 @@ async fn scenario(
         );
         let (before, grants): (Vec<_>, Vec<_>) =
             all.into_iter().partition(|s| s.kind != ObjectKind::Grant);
-        apply_statements(&dst, &before).await.expect("apply roles");
+        // Applied as `migrator`, a superuser on the target that is not one
+        // on the source: it must keep its own attributes.
+        target.execute_blocking(DB, "CREATE ROLE migrator LOGIN SUPERUSER");
+        let migrator = connect_plain(&format!(
+            "host=127.0.0.1 port={} user=migrator dbname={DB}",
+            target.port()
+        ))
+        .await
+        .expect("connect as migrator");
+        apply_statements(&migrator, &before)
+            .await
+            .expect("apply roles");
+        let still_super: bool = migrator
+            .query_one(
+                "SELECT rolsuper FROM pg_roles WHERE rolname = 'migrator'",
+                &[],
+            )
+            .await
+            .expect("migrator")
+            .get(0);
+        assert!(still_super, "the applying role was altered");
         Some(grants)
     } else {
         None
