@@ -352,7 +352,8 @@ pub async fn dump_schema(
 }
 
 /// Applies the pre-data statements on `target` in one transaction: either
-/// all objects exist afterwards or none do.
+/// all objects exist afterwards or none do. The session's settings are
+/// `RESET ALL` afterwards (the dump sets `search_path` and others).
 pub async fn apply_pre_data(target: &Client, dump: &SchemaDump) -> Result<(), SchemaError> {
     target
         .batch_execute("BEGIN")
@@ -373,12 +374,19 @@ pub async fn apply_pre_data(target: &Client, dump: &SchemaDump) -> Result<(), Sc
     }
     .await;
     match result {
-        Ok(()) => target
-            .batch_execute("COMMIT")
-            .await
-            .map_err(SchemaError::query("commit the pre-data transaction")),
+        Ok(()) => {
+            target
+                .batch_execute("COMMIT")
+                .await
+                .map_err(SchemaError::query("commit the pre-data transaction"))?;
+            target
+                .batch_execute("RESET ALL")
+                .await
+                .map_err(SchemaError::query("reset session settings"))
+        }
         Err(e) => {
             let _ = target.batch_execute("ROLLBACK").await;
+            let _ = target.batch_execute("RESET ALL").await;
             Err(e)
         }
     }

@@ -57,8 +57,8 @@ pub struct PostDataReport {
 }
 
 /// Runs `statements` in order on `target` (each as a simple query), after
-/// the session settings. For role, membership and grant statements from
-/// [`crate::dump_roles`].
+/// the session settings, which are `RESET ALL` afterwards. For role,
+/// membership and grant statements from [`crate::dump_roles`].
 pub async fn apply_statements(
     target: &Client,
     statements: &[Statement],
@@ -67,13 +67,18 @@ pub async fn apply_statements(
         .batch_execute(SESSION_SETTINGS)
         .await
         .map_err(SchemaError::query("set session settings"))?;
+    let mut result = Ok(());
     for s in statements {
-        target
-            .batch_execute(&s.sql)
-            .await
-            .map_err(|e| SchemaError::apply(s, &e))?;
+        if let Err(e) = target.batch_execute(&s.sql).await {
+            result = Err(SchemaError::apply(s, &e));
+            break;
+        }
     }
-    Ok(())
+    let reset = target
+        .batch_execute("RESET ALL")
+        .await
+        .map_err(SchemaError::query("reset session settings"));
+    result.and(reset)
 }
 
 async fn connect(

@@ -366,6 +366,11 @@ async fn scenario(
     };
 
     apply_pre_data(&dst, &dump).await.expect("apply pre-data");
+    assert_eq!(
+        rows(&dst, "SHOW search_path").await,
+        vec!["\"$user\", public".to_string()],
+        "the dump's session settings are reset"
+    );
     copy_rows(&src, &dst).await;
     let report = apply_post_data(&target_config, &dump, 3)
         .await
