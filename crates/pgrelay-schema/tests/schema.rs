@@ -613,3 +613,40 @@ async fn sync_sequences_copies_every_state_in_batches() {
         assert_eq!(v, expected, "{sql}");
     }
 }
+
+/// An explicit pg_dump too old for the source is refused with the fix; a
+/// pg_dump that cannot log in fails with its error and without the
+/// password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_dump_errors_say_what_to_fix_and_hide_the_password() {
+    let pg_dump_15 = pgrelay_testkit::PgInstall::require(15).tool("pg_dump");
+    let err = pgrelay_schema::find_pg_dump(Some(&pg_dump_15), 16)
+        .await
+        .expect_err("pg_dump 15 cannot dump 16");
+    let text = err.to_string();
+    assert!(
+        text.contains("pg_dump 15") && text.contains("--pg-dump"),
+        "{text}"
+    );
+    assert!(!err.is_transient());
+
+    let source = Cluster::start(15);
+    let src = source.connect("postgres").await;
+    let secret = "Wrong-Secret-9x";
+    let config = pgrelay_source::Config::parse(&format!(
+        "postgres://{}:{secret}@127.0.0.1:{}/postgres",
+        pgrelay_testkit::SCRAM_ROLE,
+        source.port()
+    ))
+    .expect("url");
+    let options = SchemaOptions {
+        pg_dump: Some(pg_dump_15),
+        ..SchemaOptions::default()
+    };
+    let err = dump_schema(&config, &src, &options)
+        .await
+        .expect_err("wrong password");
+    let text = err.to_string();
+    assert!(text.contains("password authentication failed"), "{text}");
+    assert!(!text.contains(secret), "{text}");
+}
