@@ -170,6 +170,41 @@ pub(crate) async fn sequences_of_excluded(
     Ok(out)
 }
 
+/// `REFRESH MATERIALIZED VIEW` for every populated materialized view in
+/// `schemas` (pg_dump's schema-only output leaves them empty), in creation
+/// order.
+pub(crate) async fn refreshes(
+    source: &Client,
+    schemas: &[String],
+    exclude: &[(String, String)],
+) -> Result<Vec<Statement>, SchemaError> {
+    let rows = source
+        .query(
+            &format!(
+                "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind = 'm' AND c.relispopulated AND n.nspname = ANY($1) AND {} \
+                 ORDER BY c.oid",
+                not_ext("pg_catalog.pg_class", "c.oid")
+            ),
+            &[&schemas],
+        )
+        .await
+        .map_err(SchemaError::query("list materialized views"))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .filter(|(s, n)| !excluded(exclude, s, n))
+        .map(|(s, n)| {
+            Statement::new(
+                ObjectKind::Refresh,
+                format!("{s}.{n}"),
+                format!("REFRESH MATERIALIZED VIEW {}", qualified(&s, &n)),
+            )
+        })
+        .collect())
+}
+
 /// `CREATE EXTENSION IF NOT EXISTS` for every extension of the database
 /// (and its schema if that is outside `schemas`). pg_dump leaves extensions
 /// out when schemas are listed with `--schema`, so that path uses this too.

@@ -316,8 +316,9 @@ pub async fn dump_schema(
             pg_dump_options
                 .exclude_tables
                 .extend(catalog::sequences_of_excluded(source, &options.exclude_tables).await?);
-            let (mut pre, post) =
+            let (mut pre, mut post) =
                 pgdump::dump(&path, source_config, &pg_dump_options, listed).await?;
+            post.extend(catalog::refreshes(source, &schemas, &options.exclude_tables).await?);
             if listed.is_some() {
                 // pg_dump --schema leaves extensions out; they go after
                 // pg_dump's session settings.
