@@ -761,9 +761,15 @@ async fn generate_in_tx(
     for d in &deps {
         view_deps.entry(d.get(0)).or_default().push(d.get(1));
     }
+    // A view in the exclusion list is left out like a table (as pg_dump's
+    // --exclude-table does).
+    let rows: Vec<&tokio_postgres::Row> = rows
+        .iter()
+        .filter(|r| !excluded(exclude, r.get(1), r.get(2)))
+        .collect();
     let view_oids: HashSet<Oid> = rows.iter().map(|r| r.get(0)).collect();
     let mut pending: BTreeMap<Oid, &tokio_postgres::Row> =
-        rows.iter().map(|r| (r.get(0), r)).collect();
+        rows.iter().map(|r| (r.get(0), *r)).collect();
     let mut created: HashSet<Oid> = HashSet::new();
     let mut refreshes = Vec::new();
     while !pending.is_empty() {
