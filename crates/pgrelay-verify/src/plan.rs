@@ -317,12 +317,13 @@ pub(crate) async fn split_points(
     let what = || format!("sizing {}", table.qualified);
     let row = client
         .query_one(
-            "SELECT coalesce(sum(pg_relation_size(p.relid)), 0)::float8 \
+            "SELECT coalesce(sum(pg_relation_size(c.oid)), 0)::float8 \
                     / current_setting('block_size')::float8, \
                     coalesce(sum(greatest(c.reltuples, 0)), 0)::float8, \
                     coalesce(bool_and(c.reltuples >= 0), false) \
-             FROM pg_partition_tree($1::oid::regclass) p \
-             JOIN pg_class c ON c.oid = p.relid WHERE p.isleaf",
+             FROM pg_class c WHERE c.oid IN ( \
+               SELECT $1::oid WHERE (SELECT relkind FROM pg_class WHERE oid = $1::oid) <> 'p' \
+               UNION SELECT relid FROM pg_partition_tree($1::oid::regclass) WHERE isleaf)",
             &[&table.oid],
         )
         .await
@@ -342,7 +343,12 @@ pub(crate) async fn split_points(
         (100.0 * SAMPLE_PAGES / pages).max(0.0001)
     };
     let cols: Vec<String> = key.iter().map(|k| quote_ident(k)).collect();
-    let texts: Vec<String> = cols.iter().map(|c| format!("{c}::text")).collect();
+    // Aliased, so ORDER BY sorts by the key columns, not by their text.
+    let texts: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c}::text AS pgrelay_k{i}"))
+        .collect();
     let sql = format!(
         "SELECT {} FROM {} TABLESAMPLE SYSTEM ({pct:.6}) REPEATABLE (0) ORDER BY {}",
         texts.join(", "),
