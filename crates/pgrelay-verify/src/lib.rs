@@ -511,16 +511,12 @@ async fn wait_applied(
     }
 }
 
-fn params<'a>(
-    plan: &'a TablePlan,
-    r: usize,
-) -> (
-    bool,
-    bool,
-    Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)>,
-) {
+type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+
+/// Whether the range has a lower / upper bound, and the bounds' values.
+fn params(plan: &TablePlan, r: usize) -> (bool, bool, Vec<Param<'_>>) {
     let (lo, hi) = plan.bounds(r);
-    let mut p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+    let mut p: Vec<Param<'_>> = Vec::new();
     for v in lo.into_iter().chain(hi) {
         for s in v {
             p.push(s);
