@@ -42,7 +42,14 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn pgbench(c: &Cluster, args: &[&str]) {
     let bin = client_tool("pgbench").unwrap_or_else(|e| panic!("{e}"));
     let out = Command::new(bin)
-        .args(["-h", "127.0.0.1", "-p", &c.port().to_string(), "-U", SUPERUSER])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &c.port().to_string(),
+            "-U",
+            SUPERUSER,
+        ])
         .args(args)
         .arg("postgres")
         .output()
@@ -55,7 +62,10 @@ fn pgbench(c: &Cluster, args: &[&str]) {
 }
 
 async fn copy_table(source: &Cluster, target: &Cluster, table: &str) {
-    let (s, t) = (source.connect("postgres").await, target.connect("postgres").await);
+    let (s, t) = (
+        source.connect("postgres").await,
+        target.connect("postgres").await,
+    );
     let out = s
         .copy_out(&format!("COPY {table} TO STDOUT"))
         .await
@@ -66,7 +76,9 @@ async fn copy_table(source: &Cluster, target: &Cluster, table: &str) {
         .expect("COPY FROM");
     futures_util::pin_mut!(out, sink);
     while let Some(chunk) = out.next().await {
-        sink.send(chunk.expect("COPY data")).await.expect("COPY send");
+        sink.send(chunk.expect("COPY data"))
+            .await
+            .expect("COPY send");
     }
     sink.as_mut().finish().await.expect("COPY finish");
 }
@@ -173,7 +185,10 @@ fn main() {
                 (sql_baseline(&source, &target).await, v)
             }
         });
-        eprintln!("  round {}: SQL source+target {s:.2?}, verify {v:.2?}", round + 1);
+        eprintln!(
+            "  round {}: SQL source+target {s:.2?}, verify {v:.2?}",
+            round + 1
+        );
         sql.push(s);
         ver.push(v);
     }

@@ -26,6 +26,9 @@ CREATE TABLE keyless (a int, b text);
 CREATE TABLE uniq (code int NOT NULL UNIQUE, v text);
 CREATE TABLE \"Odd Name\" (\"Id\" int PRIMARY KEY, \"the value\" text);
 CREATE TABLE live (id int PRIMARY KEY, v int NOT NULL);
+CREATE TABLE parts (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (MINVALUE) TO (1500);
+CREATE TABLE parts_2 PARTITION OF parts FOR VALUES FROM (1500) TO (MAXVALUE);
 ";
 
 const DATA: &str = "
@@ -41,6 +44,7 @@ INSERT INTO \"Odd Name\" (\"Id\", \"the value\") SELECT g, 'it''s ' || g FROM ge
 INSERT INTO reordered (id, a, b, c) SELECT g, 'a' || g, g * 2, DATE '2000-01-01' + g FROM generate_series(1, 2000) g;
 INSERT INTO cols (id, a, extra) SELECT g, g, g FROM generate_series(1, 10) g;
 INSERT INTO live (id, v) SELECT g, 0 FROM generate_series(1, 2000) g;
+INSERT INTO parts (id, v) SELECT g, 'p' || g FROM generate_series(1, 3000) g;
 ";
 
 fn tables() -> Vec<(String, String)> {
@@ -189,6 +193,29 @@ async fn scenario(source_major: u32) {
     }
     assert_eq!(by_name(&results, "keyless").ranges, 1);
     assert_eq!(by_name(&results, "keyless").source_rows, 1000);
+
+    // Shutdown first: nothing is checked.
+    let interrupted =
+        verify_tables(&src, &tgt, &all, &options(None, 0), std::future::ready(())).await;
+    assert!(
+        matches!(interrupted, Err(pgrelay_verify::VerifyError::Interrupted)),
+        "{interrupted:?}"
+    );
+    // A table missing on the source is an error, not a verdict.
+    let missing = vec![("public".to_string(), "nope".to_string())];
+    let err = verify_tables(
+        &src,
+        &tgt,
+        &missing,
+        &options(None, 0),
+        std::future::pending(),
+    )
+    .await
+    .expect_err("no such table");
+    assert!(
+        !err.is_transient() && err.to_string().contains("public.nope"),
+        "{err}"
+    );
 
     // 2. One changed, one missing, one extra row.
     target.execute_blocking(
