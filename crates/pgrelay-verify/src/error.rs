@@ -47,6 +47,13 @@ pub enum VerifyError {
         applied: String,
         waited: Duration,
     },
+    /// Neither a `pgrelay.progress` row on the target nor a slot on the
+    /// source has the pipeline's name.
+    #[error(
+        "pipeline {pipeline:?} is unknown: no pgrelay.progress row on the target and no \
+         replication slot of that name on the source; give the name of the stream's slot"
+    )]
+    UnknownPipeline { pipeline: String },
     /// The shutdown future completed first.
     #[error("verification interrupted by shutdown")]
     Interrupted,
@@ -57,7 +64,7 @@ impl VerifyError {
     pub fn is_transient(&self) -> bool {
         match self {
             VerifyError::Sql { error, .. } => error.is_transient(),
-            VerifyError::NoSuchTable { .. } => false,
+            VerifyError::NoSuchTable { .. } | VerifyError::UnknownPipeline { .. } => false,
             VerifyError::LagTimeout { .. } | VerifyError::Interrupted => true,
         }
     }

@@ -332,11 +332,9 @@ async fn watch_applied(
             )
             .await;
         let progress = match progress {
-            Ok(r) => parse(r.map(|r| r.get(0))),
+            Ok(r) => r.map(|r| parse(r.get(0))),
             // No pgrelay schema (yet): nothing applied.
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-                Lsn::INVALID
-            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => None,
             Err(e) => {
                 return Err(VerifyError::sql(
                     Side::Target,
@@ -352,8 +350,13 @@ async fn watch_applied(
             )
             .await
             .map_err(|e| VerifyError::sql(Side::Source, "reading pg_replication_slots", e))?;
+        if progress.is_none() && slot.is_none() {
+            return Err(VerifyError::UnknownPipeline {
+                pipeline: pipeline.to_string(),
+            });
+        }
         let slot = parse(slot.and_then(|r| r.get(0)));
-        let now = progress.max(slot);
+        let now = progress.unwrap_or(Lsn::INVALID).max(slot);
         applied.send_if_modified(|v| {
             let newer = now > *v;
             if newer {

@@ -217,6 +217,21 @@ async fn scenario(source_major: u32) {
         "{err}"
     );
 
+    // A pipeline nobody knows fails at once instead of waiting.
+    let err = verify_tables(
+        &src,
+        &tgt,
+        &all,
+        &options(Some("nope"), 0),
+        std::future::pending(),
+    )
+    .await
+    .expect_err("unknown pipeline");
+    assert!(
+        matches!(err, pgrelay_verify::VerifyError::UnknownPipeline { .. }),
+        "{err}"
+    );
+
     // 2. One changed, one missing, one extra row.
     target.execute_blocking(
         "postgres",
