@@ -77,6 +77,11 @@ pub struct VerifyOptions {
     /// Pipeline (slot) name: wait for the target to apply each snapshot's
     /// source LSN before reading it.
     pub pipeline: Option<String>,
+    /// Read every source range in this exported snapshot (`SET
+    /// TRANSACTION SNAPSHOT`) instead of one of its own — for a caller that
+    /// has frozen the target at exactly that snapshot's position (pgrelay's
+    /// verify pauses the streamer there), which makes one pass exact.
+    pub snapshot: Option<String>,
 }
 
 impl Default for VerifyOptions {
@@ -86,6 +91,7 @@ impl Default for VerifyOptions {
             range_rows: 250_000,
             retries: 3,
             pipeline: None,
+            snapshot: None,
         }
     }
 }
@@ -446,7 +452,9 @@ async fn check_pass(
                     .expect("spans lock")
                     .entry(item.0)
                     .or_insert((now, now));
-                let (agg, lsn) = source_range(client, &plans[item.0], item.1).await?;
+                let (agg, lsn) =
+                    source_range(client, &plans[item.0], item.1, options.snapshot.as_deref())
+                        .await?;
                 if tx.send((item, agg, lsn)).await.is_err() {
                     return Ok(());
                 }
@@ -541,6 +549,7 @@ async fn source_range(
     client: &Client,
     plan: &TablePlan,
     r: usize,
+    snapshot: Option<&str>,
 ) -> Result<(Agg, Lsn), VerifyError> {
     let (sql, _) = plan.sql.as_ref().expect("only planned tables have ranges");
     let (lo, hi, p) = params(plan, r);
@@ -550,6 +559,15 @@ async fn source_range(
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(err)?;
+    if let Some(id) = snapshot {
+        client
+            .batch_execute(&format!(
+                "SET TRANSACTION SNAPSHOT '{}'",
+                id.replace('\'', "''")
+            ))
+            .await
+            .map_err(err)?;
+    }
     // First statement: takes the snapshot, then reads the LSN.
     let lsn: String = client
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
