@@ -1,0 +1,645 @@
+//! `pgrelay verify`: are the target's tables identical to the source's?
+//!
+//! Per table, a row count and an order-independent checksum over every row
+//! — `sum(hashtextextended(ROW(<source columns by name>)::text, 0))`, an
+//! exact numeric sum of 64-bit hashes — computed in key ranges (see
+//! [`plan`]) on both servers at once: `parallel` connections per side, the
+//! source workers feeding the target workers through a bounded queue, so
+//! the two scans overlap and each side's scan is itself split across
+//! connections. A range differs when its count or sum differs; the first
+//! [`MAX_REPORTED_RANGES`] differing ranges of a table are reported with
+//! their key bounds.
+//!
+//! Consistency while a pipeline streams: each source range is read in its
+//! own REPEATABLE READ READ ONLY transaction whose first statement reads
+//! `pg_current_wal_lsn()`; that statement takes the snapshot before it
+//! reads the LSN, so every transaction the snapshot sees committed below
+//! that LSN. With [`VerifyOptions::pipeline`] set, the target range is read
+//! only once the target has applied up to that LSN — its
+//! `pgrelay.progress.end_lsn` for the pipeline, or the source slot of the
+//! same name confirmed past it (the slot is confirmed only up to what every
+//! target applied; this covers WAL the pipeline has nothing to apply for,
+//! such as other databases' writes). The target then holds at least what the
+//! source snapshot saw, but may hold later changes too, so a differing range
+//! is read again (fresh snapshot, fresh LSN) up to [`VerifyOptions::retries`]
+//! times with growing pauses; only differences that persist are reported.
+//! On a quiescent source (after a switchover fence, with the targets caught
+//! up) the first pass is exact and retries never change a verdict.
+//!
+//! Row text is made comparable across servers by fixing every setting that
+//! changes a type's text output (DateStyle, IntervalStyle, TimeZone,
+//! extra_float_digits, bytea_output, lc_monetary) on every connection.
+//!
+//! PostgreSQL docs: "Transaction Isolation" (transaction-iso, Repeatable
+//! Read), "System Administration Functions" (pg_current_wal_lsn),
+//! "pg_replication_slots", "Aggregate Functions" (sum over bigint is
+//! numeric, exact).
+
+mod error;
+mod plan;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::future::try_join_all;
+use pgrelay_types::Lsn;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::Client;
+
+pub use error::{Side, VerifyError};
+use plan::SideSql;
+
+/// At most this many differing ranges are reported per table.
+pub const MAX_REPORTED_RANGES: usize = 10;
+/// How long one range waits for the target to apply up to its source LSN.
+pub const LAG_WAIT: Duration = Duration::from_secs(600);
+/// How often the applied position of the pipeline is polled.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Settings that change text output, set identically on both sides.
+const SESSION_SETUP: &str = "SET datestyle = 'ISO, MDY'; SET intervalstyle = 'postgres'; \
+    SET timezone = 'UTC'; SET extra_float_digits = 1; SET bytea_output = 'hex'; \
+    SET lc_monetary = 'C'";
+
+/// How to verify.
+#[derive(Clone, Debug)]
+pub struct VerifyOptions {
+    /// Connections per side (each side runs this many range scans at once).
+    pub parallel: usize,
+    /// Target rows per key range.
+    pub range_rows: u64,
+    /// Re-checks of differing ranges while a streamer catches up.
+    pub retries: u32,
+    /// Pipeline (slot) name: wait for the target to apply each snapshot's
+    /// source LSN before reading it.
+    pub pipeline: Option<String>,
+    /// Read every source range in this exported snapshot (`SET
+    /// TRANSACTION SNAPSHOT`) instead of one of its own — for a caller that
+    /// has frozen the target at exactly that snapshot's position (pgrelay's
+    /// verify pauses the streamer there), which makes one pass exact.
+    pub snapshot: Option<String>,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            parallel: 4,
+            range_rows: 250_000,
+            retries: 3,
+            pipeline: None,
+            snapshot: None,
+        }
+    }
+}
+
+/// A key range `[lo, hi)` of a table and what each side holds in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRange {
+    /// Key column names (empty: the table has no usable key, or is checked
+    /// as one range; the range is the whole table).
+    pub key: Vec<String>,
+    /// Inclusive lower bound, one text value per key column (`None`: from
+    /// the smallest key).
+    pub lo: Option<Vec<String>>,
+    /// Exclusive upper bound (`None`: to the largest key).
+    pub hi: Option<Vec<String>>,
+    pub source_rows: u64,
+    pub target_rows: u64,
+}
+
+impl fmt::Display for KeyRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo.is_none() && self.hi.is_none() {
+            f.write_str("whole table")?;
+        } else {
+            let tuple = |v: &Vec<String>| {
+                if v.len() == 1 {
+                    v[0].clone()
+                } else {
+                    format!("({})", v.join(", "))
+                }
+            };
+            let cols = if self.key.len() == 1 {
+                self.key[0].clone()
+            } else {
+                format!("({})", self.key.join(", "))
+            };
+            let lo = self.lo.as_ref().map_or("-inf".to_string(), tuple);
+            let hi = self.hi.as_ref().map_or("+inf".to_string(), tuple);
+            write!(f, "{cols} in [{lo}, {hi})")?;
+        }
+        write!(
+            f,
+            ": {} source rows, {} target rows",
+            self.source_rows, self.target_rows
+        )
+    }
+}
+
+/// The verdict for one table.
+#[derive(Clone, Debug)]
+pub struct TableResult {
+    pub schema: String,
+    pub name: String,
+    pub source_rows: u64,
+    pub target_rows: u64,
+    pub equal: bool,
+    /// The first [`MAX_REPORTED_RANGES`] ranges that still differed after
+    /// the retries, in key order.
+    pub mismatched_ranges: Vec<KeyRange>,
+    /// How many ranges differed in all (may exceed the list above).
+    pub mismatched_range_count: usize,
+    /// How many ranges the table was checked in.
+    pub ranges: usize,
+    /// Why the table could not be compared row by row (missing on the
+    /// target, missing columns); `equal` is false then.
+    pub problem: Option<String>,
+    pub elapsed: Duration,
+}
+
+/// Verifies `tables` (schema, name) of `source` against `target`.
+pub async fn verify_tables(
+    source: &pgrelay_source::Config,
+    target: &pgrelay_source::Config,
+    tables: &[(String, String)],
+    options: &VerifyOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Vec<TableResult>, VerifyError> {
+    tokio::select! {
+        biased;
+        _ = shutdown => Err(VerifyError::Interrupted),
+        r = run(source, target, tables, options) => r,
+    }
+}
+
+/// Count and hash sum of one range on one side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Agg {
+    count: i64,
+    sum: String,
+}
+
+/// One table's plan.
+struct TablePlan {
+    schema: String,
+    name: String,
+    sql: Option<(SideSql, SideSql)>,
+    key: Vec<String>,
+    /// Split points; ranges = points + 1.
+    points: Vec<Vec<String>>,
+    problem: Option<String>,
+    planning: Duration,
+}
+
+impl TablePlan {
+    fn ranges(&self) -> usize {
+        if self.sql.is_some() {
+            self.points.len() + 1
+        } else {
+            0
+        }
+    }
+
+    fn bounds(&self, r: usize) -> (Option<&Vec<String>>, Option<&Vec<String>>) {
+        let lo = if r == 0 {
+            None
+        } else {
+            Some(&self.points[r - 1])
+        };
+        (lo, self.points.get(r))
+    }
+}
+
+async fn connect(config: &pgrelay_source::Config, side: Side) -> Result<Client, VerifyError> {
+    let client = pgrelay_source::connect_sql(config)
+        .await
+        .map_err(|error| VerifyError::Sql {
+            side,
+            what: "connecting".into(),
+            error,
+        })?;
+    client
+        .batch_execute(SESSION_SETUP)
+        .await
+        .map_err(|e| VerifyError::sql(side, "setting up the session", e))?;
+    Ok(client)
+}
+
+async fn run(
+    source: &pgrelay_source::Config,
+    target: &pgrelay_source::Config,
+    tables: &[(String, String)],
+    options: &VerifyOptions,
+) -> Result<Vec<TableResult>, VerifyError> {
+    let parallel = options.parallel.max(1);
+    let (src, tgt) = tokio::try_join!(
+        try_join_all((0..parallel).map(|_| connect(source, Side::Source))),
+        try_join_all((0..parallel).map(|_| connect(target, Side::Target))),
+    )?;
+    let plans = plan_all(&src[0], &tgt[0], tables, options.range_rows).await?;
+
+    // The applied position of the pipeline, polled on connections of its own.
+    let (applied_tx, applied_rx) = watch::channel(Lsn::INVALID);
+    let watcher = async {
+        match &options.pipeline {
+            Some(p) => {
+                let (s, t) =
+                    tokio::try_join!(connect(source, Side::Source), connect(target, Side::Target))?;
+                watch_applied(&s, &t, p, &applied_tx).await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let checks = check_all(&plans, &src, &tgt, options, applied_rx);
+    let (outcomes, spent) = tokio::select! {
+        r = watcher => return Err(r.expect_err("the watcher only ends on an error")),
+        r = checks => r?,
+    };
+    Ok(report(plans, outcomes, spent))
+}
+
+async fn plan_all(
+    src: &Client,
+    tgt: &Client,
+    tables: &[(String, String)],
+    range_rows: u64,
+) -> Result<Vec<TablePlan>, VerifyError> {
+    let (src_coll, tgt_coll) = tokio::try_join!(
+        plan::default_collation(src, Side::Source),
+        plan::default_collation(tgt, Side::Target)
+    )?;
+    let mut plans = Vec::with_capacity(tables.len());
+    for (schema, name) in tables {
+        let started = Instant::now();
+        let (s, t) = tokio::try_join!(
+            plan::load_table(src, Side::Source, &src_coll, schema, name),
+            plan::load_table(tgt, Side::Target, &tgt_coll, schema, name),
+        )?;
+        let s = s.ok_or_else(|| VerifyError::NoSuchTable {
+            schema: schema.clone(),
+            name: name.clone(),
+        })?;
+        let mut p = TablePlan {
+            schema: schema.clone(),
+            name: name.clone(),
+            sql: None,
+            key: Vec::new(),
+            points: Vec::new(),
+            problem: None,
+            planning: Duration::ZERO,
+        };
+        match t {
+            None => {
+                p.problem = Some(
+                    "the table does not exist on the target; create it (pgrelay init copies the schema)"
+                        .into(),
+                )
+            }
+            Some(t) => match plan::pair(&s, &t) {
+                Err(problem) => p.problem = Some(problem),
+                Ok(pairing) => {
+                    if let Some(why) = &pairing.unsplit_reason {
+                        tracing::warn!(table = %s.qualified, "{why}");
+                    }
+                    p.points = plan::split_points(src, &s, &pairing.key, range_rows).await?;
+                    p.key = pairing.key;
+                    p.sql = Some((pairing.source, pairing.target));
+                }
+            },
+        }
+        p.planning = started.elapsed();
+        plans.push(p);
+    }
+    Ok(plans)
+}
+
+/// Publishes max(target progress end_lsn, source slot confirmed_flush_lsn)
+/// of `pipeline` until an error.
+async fn watch_applied(
+    src: &Client,
+    tgt: &Client,
+    pipeline: &str,
+    applied: &watch::Sender<Lsn>,
+) -> Result<(), VerifyError> {
+    let parse = |s: Option<String>| {
+        s.and_then(|s| Lsn::from_str(&s).ok())
+            .unwrap_or(Lsn::INVALID)
+    };
+    loop {
+        let progress = tgt
+            .query_opt(
+                "SELECT p.end_lsn::text FROM pgrelay.progress p \
+                 WHERE to_regclass('pgrelay.progress') IS NOT NULL AND p.pipeline = $1",
+                &[&pipeline],
+            )
+            .await;
+        let progress = match progress {
+            Ok(r) => r.map(|r| parse(r.get(0))),
+            // No pgrelay schema (yet): nothing applied.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => None,
+            Err(e) => {
+                return Err(VerifyError::sql(
+                    Side::Target,
+                    "reading pgrelay.progress",
+                    e,
+                ))
+            }
+        };
+        let slot = src
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&pipeline],
+            )
+            .await
+            .map_err(|e| VerifyError::sql(Side::Source, "reading pg_replication_slots", e))?;
+        if progress.is_none() && slot.is_none() {
+            return Err(VerifyError::UnknownPipeline {
+                pipeline: pipeline.to_string(),
+            });
+        }
+        let slot = parse(slot.and_then(|r| r.get(0)));
+        let now = progress.unwrap_or(Lsn::INVALID).max(slot);
+        applied.send_if_modified(|v| {
+            let newer = now > *v;
+            if newer {
+                *v = now;
+            }
+            newer
+        });
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Both sides' aggregates of one range.
+type Outcome = (Agg, Agg);
+/// Per range: both sides' aggregates; per table: time spent checking it.
+type Checked = (HashMap<(usize, usize), Outcome>, HashMap<usize, Duration>);
+
+/// Checks every range, then re-checks the differing ones.
+async fn check_all(
+    plans: &[TablePlan],
+    src: &[Client],
+    tgt: &[Client],
+    options: &VerifyOptions,
+    applied: watch::Receiver<Lsn>,
+) -> Result<Checked, VerifyError> {
+    let work: Vec<(usize, usize)> = plans
+        .iter()
+        .enumerate()
+        .flat_map(|(t, p)| (0..p.ranges()).map(move |r| (t, r)))
+        .collect();
+    tracing::info!(tables = plans.len(), ranges = work.len(), "verifying");
+    let (mut outcomes, mut spent) = check_pass(plans, src, tgt, options, &applied, work).await?;
+    for attempt in 1..=options.retries {
+        let mut differing: Vec<(usize, usize)> = outcomes
+            .iter()
+            .filter(|(_, (s, t))| s != t)
+            .map(|(k, _)| *k)
+            .collect();
+        if differing.is_empty() {
+            break;
+        }
+        differing.sort_unstable();
+        let pause = Duration::from_millis(200) * 2u32.saturating_pow(attempt - 1).min(32);
+        tracing::info!(
+            attempt,
+            ranges = differing.len(),
+            pause_ms = pause.as_millis() as u64,
+            "re-checking differing ranges"
+        );
+        tokio::time::sleep(pause).await;
+        let (again, more) = check_pass(plans, src, tgt, options, &applied, differing).await?;
+        outcomes.extend(again);
+        for (t, d) in more {
+            *spent.entry(t).or_default() += d;
+        }
+    }
+    Ok((outcomes, spent))
+}
+
+/// One pass over `work`: source workers read ranges in snapshots and hand
+/// them (with their LSN) to target workers through a bounded queue.
+async fn check_pass(
+    plans: &[TablePlan],
+    src: &[Client],
+    tgt: &[Client],
+    options: &VerifyOptions,
+    applied: &watch::Receiver<Lsn>,
+    work: Vec<(usize, usize)>,
+) -> Result<Checked, VerifyError> {
+    // Per table: when its first range started and its last one ended.
+    let spans: Mutex<HashMap<usize, (Instant, Instant)>> = Mutex::new(HashMap::new());
+    let queue = Mutex::new(VecDeque::from(work));
+    let (tx, rx) = mpsc::channel::<((usize, usize), Agg, Lsn)>(src.len() * 2);
+    let rx = tokio::sync::Mutex::new(rx);
+    let results = Mutex::new(HashMap::new());
+    let senders: Vec<_> = src.iter().map(|c| (c, tx.clone())).collect();
+    drop(tx);
+    let source_workers = senders.into_iter().map(|(client, tx)| {
+        let (queue, spans) = (&queue, &spans);
+        async move {
+            loop {
+                let Some(item) = queue.lock().expect("queue lock").pop_front() else {
+                    return Ok::<_, VerifyError>(());
+                };
+                let now = Instant::now();
+                spans
+                    .lock()
+                    .expect("spans lock")
+                    .entry(item.0)
+                    .or_insert((now, now));
+                let (agg, lsn) =
+                    source_range(client, &plans[item.0], item.1, options.snapshot.as_deref())
+                        .await?;
+                if tx.send((item, agg, lsn)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    });
+    let target_workers = tgt.iter().map(|client| {
+        let (rx, results, spans) = (&rx, &results, &spans);
+        let mut applied = applied.clone();
+        async move {
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some((item, sagg, lsn)) = next else {
+                    return Ok::<_, VerifyError>(());
+                };
+                if let Some(pipeline) = &options.pipeline {
+                    wait_applied(&mut applied, lsn, pipeline).await?;
+                }
+                let tagg = target_range(client, &plans[item.0], item.1).await?;
+                results
+                    .lock()
+                    .expect("results lock")
+                    .insert(item, (sagg, tagg));
+                if let Some(span) = spans.lock().expect("spans lock").get_mut(&item.0) {
+                    span.1 = Instant::now();
+                }
+            }
+        }
+    });
+    tokio::try_join!(try_join_all(source_workers), try_join_all(target_workers))?;
+    let spent = spans
+        .into_inner()
+        .expect("spans lock")
+        .into_iter()
+        .map(|(t, (a, b))| (t, b.saturating_duration_since(a)))
+        .collect();
+    Ok((results.into_inner().expect("results lock"), spent))
+}
+
+async fn wait_applied(
+    applied: &mut watch::Receiver<Lsn>,
+    wanted: Lsn,
+    pipeline: &str,
+) -> Result<(), VerifyError> {
+    if *applied.borrow() >= wanted {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let r = tokio::time::timeout(LAG_WAIT, applied.wait_for(|l| *l >= wanted))
+        .await
+        .map(|r| r.map(|_| ()));
+    match r {
+        Ok(Ok(())) => {
+            tracing::debug!(lsn = %wanted, waited_ms = started.elapsed().as_millis() as u64, "target caught up");
+            Ok(())
+        }
+        // The watcher is gone only when the whole check is being torn down.
+        Ok(Err(_)) => Err(VerifyError::Interrupted),
+        Err(_) => Err(VerifyError::LagTimeout {
+            pipeline: pipeline.to_string(),
+            wanted: wanted.to_string(),
+            applied: applied.borrow().to_string(),
+            waited: LAG_WAIT,
+        }),
+    }
+}
+
+type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+
+/// Whether the range has a lower / upper bound, and the bounds' values.
+fn params(plan: &TablePlan, r: usize) -> (bool, bool, Vec<Param<'_>>) {
+    let (lo, hi) = plan.bounds(r);
+    let mut p: Vec<Param<'_>> = Vec::new();
+    for v in lo.into_iter().chain(hi) {
+        for s in v {
+            p.push(s);
+        }
+    }
+    (lo.is_some(), hi.is_some(), p)
+}
+
+fn agg(row: &tokio_postgres::Row) -> Agg {
+    Agg {
+        count: row.get(0),
+        sum: row.get(1),
+    }
+}
+
+/// Reads one range on the source in a REPEATABLE READ snapshot; returns its
+/// aggregate and an LSN at or past every commit the snapshot sees.
+async fn source_range(
+    client: &Client,
+    plan: &TablePlan,
+    r: usize,
+    snapshot: Option<&str>,
+) -> Result<(Agg, Lsn), VerifyError> {
+    let (sql, _) = plan.sql.as_ref().expect("only planned tables have ranges");
+    let (lo, hi, p) = params(plan, r);
+    let what = || format!("checking {}.{} range {r}", plan.schema, plan.name);
+    let err = |e| VerifyError::sql(Side::Source, what(), e);
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(err)?;
+    if let Some(id) = snapshot {
+        client
+            .batch_execute(&format!(
+                "SET TRANSACTION SNAPSHOT '{}'",
+                id.replace('\'', "''")
+            ))
+            .await
+            .map_err(err)?;
+    }
+    // First statement: takes the snapshot, then reads the LSN.
+    let lsn: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(err)?
+        .get(0);
+    let row = client
+        .query_one(&sql.range_query(lo, hi), &p)
+        .await
+        .map_err(err)?;
+    client.batch_execute("COMMIT").await.map_err(err)?;
+    let lsn = Lsn::from_str(&lsn).unwrap_or(Lsn::INVALID);
+    Ok((agg(&row), lsn))
+}
+
+async fn target_range(client: &Client, plan: &TablePlan, r: usize) -> Result<Agg, VerifyError> {
+    let (_, sql) = plan.sql.as_ref().expect("only planned tables have ranges");
+    let (lo, hi, p) = params(plan, r);
+    let row = client
+        .query_one(&sql.range_query(lo, hi), &p)
+        .await
+        .map_err(|e| {
+            VerifyError::sql(
+                Side::Target,
+                format!("checking {}.{} range {r}", plan.schema, plan.name),
+                e,
+            )
+        })?;
+    Ok(agg(&row))
+}
+
+fn report(
+    plans: Vec<TablePlan>,
+    outcomes: HashMap<(usize, usize), Outcome>,
+    spent: HashMap<usize, Duration>,
+) -> Vec<TableResult> {
+    plans
+        .into_iter()
+        .enumerate()
+        .map(|(t, p)| {
+            let mut res = TableResult {
+                schema: p.schema.clone(),
+                name: p.name.clone(),
+                source_rows: 0,
+                target_rows: 0,
+                equal: p.problem.is_none(),
+                mismatched_ranges: Vec::new(),
+                mismatched_range_count: 0,
+                ranges: p.ranges(),
+                problem: p.problem.clone(),
+                elapsed: p.planning + spent.get(&t).copied().unwrap_or_default(),
+            };
+            for r in 0..p.ranges() {
+                let (s, tg) = &outcomes[&(t, r)];
+                res.source_rows += s.count as u64;
+                res.target_rows += tg.count as u64;
+                if s != tg {
+                    res.equal = false;
+                    res.mismatched_range_count += 1;
+                    if res.mismatched_ranges.len() < MAX_REPORTED_RANGES {
+                        let (lo, hi) = p.bounds(r);
+                        res.mismatched_ranges.push(KeyRange {
+                            key: p.key.clone(),
+                            lo: lo.cloned(),
+                            hi: hi.cloned(),
+                            source_rows: s.count as u64,
+                            target_rows: tg.count as u64,
+                        });
+                    }
+                }
+            }
+            res
+        })
+        .collect()
+}
