@@ -113,11 +113,14 @@ async fn migrate(source_major: u32) {
     let src = source.connect(&db).await;
     sql(&src, SCHEMA).await;
     source.pgbench_init(&db, 1);
-    sql(&src, &format!(
-        "GRANT USAGE ON SCHEMA public TO {SCRAM_ROLE};
+    sql(
+        &src,
+        &format!(
+            "GRANT USAGE ON SCHEMA public TO {SCRAM_ROLE};
          GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {SCRAM_ROLE};
          GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {SCRAM_ROLE};"
-    ))
+        ),
+    )
     .await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pgrelay.yml");
@@ -136,7 +139,10 @@ async fn migrate(source_major: u32) {
     let out = pgrelay(&["validate", "--schema-copy"], &config);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
-    assert!(t.contains("ALTER TABLE public.notes REPLICA IDENTITY FULL"), "{t}");
+    assert!(
+        t.contains("ALTER TABLE public.notes REPLICA IDENTITY FULL"),
+        "{t}"
+    );
     assert!(t.contains("pgbench_history"), "{t}");
     sql(&src, "ALTER TABLE notes REPLICA IDENTITY FULL; ALTER TABLE pgbench_history REPLICA IDENTITY FULL").await;
     let out = pgrelay(&["validate", "--schema-copy"], &config);
@@ -218,11 +224,15 @@ async fn migrate(source_major: u32) {
         "large object one"
     );
     // The new primary's sequences continue past the source's values.
-    sql(&tgt, "INSERT INTO customers (email, name) VALUES ('after@switch.over', 'after');
+    sql(
+        &tgt,
+        "INSERT INTO customers (email, name) VALUES ('after@switch.over', 'after');
                INSERT INTO orders (customer_id, total) VALUES (1, 1);
                INSERT INTO measurements (taken, value) VALUES (date '2025-03-01', 2);
                INSERT INTO documents (title) VALUES ('after');
-               INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (1, 1, 1, 1);").await;
+               INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (1, 1, 1, 1);",
+    )
+    .await;
     // The old source refuses the application's writes.
     let app = source.connect_as(SCRAM_ROLE, &db).await.unwrap();
     let err = app
@@ -232,7 +242,12 @@ async fn migrate(source_major: u32) {
     assert!(describe(&err).contains("read-only"), "{}", describe(&err));
     let status = pgrelay(&["status", "--json"], &config);
     let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
-    assert_eq!(st["targets"][0]["migration_phase"], "switched over", "{}", text(&status));
+    assert_eq!(
+        st["targets"][0]["migration_phase"],
+        "switched over",
+        "{}",
+        text(&status)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,8 +8,9 @@
 
 mod demo;
 mod http;
-mod replica;
+mod migrate;
 mod native;
+mod replica;
 mod sqlconn;
 mod stream;
 mod tail;
@@ -43,6 +44,14 @@ enum Command {
     Status(stream::StatusArgs),
     /// Drop the slot, the publication and the targets' progress.
     Cleanup(stream::CleanupArgs),
+    /// Preflight checklist for a migration or pipeline (source and targets).
+    Validate(migrate::ValidateArgs),
+    /// Copy schema, data (from the slot's snapshot) and indexes into the targets.
+    Init(migrate::InitArgs),
+    /// Compare every table of the source and the targets (row counts and checksums per key range).
+    Verify(migrate::VerifyArgs),
+    /// Cut over: fence writes, drain, copy sequences, verify, report the downtime.
+    Switchover(migrate::SwitchoverArgs),
     /// Print the logical change stream as JSON lines.
     Tail(tail::TailArgs),
     /// Physical streaming replicas: create, status, monitor, sync mode, promote, switchover.
@@ -122,6 +131,10 @@ fn main() {
             Command::Tail(args) => tail::run(args, shutdown_signal()).await,
             Command::Stream(args) => stream::run(args, shutdown_signal()).await,
             Command::Demo(args) => demo::run(args, shutdown_signal()).await,
+            Command::Validate(args) => migrate::validate(args).await,
+            Command::Init(args) => migrate::init(args, shutdown_signal()).await,
+            Command::Verify(args) => migrate::verify(args).await,
+            Command::Switchover(args) => migrate::switchover(args).await,
             Command::Status(args) => stream::status(args, shutdown_signal()).await,
             Command::Cleanup(args) => stream::cleanup(args).await,
             Command::Replica(args) => replica::run(args, shutdown_signal()).await,
@@ -144,14 +157,13 @@ fn main() {
             }
             std::process::exit(1);
         }
-        let code = if tail::is_usage_error(&e)
-            || stream::is_usage_error(&e)
-            || native::is_usage_error(&e)
-        {
-            2
-        } else {
-            1
-        };
+        let code =
+            if tail::is_usage_error(&e) || stream::is_usage_error(&e) || native::is_usage_error(&e)
+            {
+                2
+            } else {
+                1
+            };
         let transient = e.chain().any(|c| {
             c.downcast_ref::<pgrelay_source::SourceError>()
                 .is_some_and(|s| s.is_transient())

@@ -136,17 +136,27 @@ fn confirm(question: &str) -> Result<bool> {
     }
     eprint!("{question} [y/N] ");
     let mut line = String::new();
-    std::io::stdin().read_line(&mut line).context("reading the answer")?;
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the answer")?;
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
 
 /// Schema, data and post-data into the targets.
-pub async fn init(args: InitArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+pub async fn init(
+    args: InitArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let config = args.pipeline.load(None)?;
     let (plan, dump) = pgrelay_migrate::init::plan(&config).await?;
     println!("{:<48} {:>14} {:>12}", "TABLE", "ROWS (est.)", "SIZE");
     for t in &plan.tables {
-        println!("{:<48} {:>14} {:>9.1} MB", t.table, t.rows, t.bytes as f64 / 1e6);
+        println!(
+            "{:<48} {:>14} {:>9.1} MB",
+            t.table,
+            t.rows,
+            t.bytes as f64 / 1e6
+        );
     }
     println!(
         "total {:.1} MB; measured source read rate {:.1} MB/s; estimated copy time {:.0} s; schema from {}",
@@ -159,7 +169,11 @@ pub async fn init(args: InitArgs, shutdown: impl Future<Output = ()> + Send + 's
         "copy the schema and data of {} tables into {} target(s){}",
         plan.tables.len(),
         config.targets.len(),
-        if args.drop_existing { ", DROPPING the existing target databases" } else { "" }
+        if args.drop_existing {
+            ", DROPPING the existing target databases"
+        } else {
+            ""
+        }
     );
     if !args.yes && !confirm(&format!("{what}?"))? {
         println!("nothing changed");
@@ -260,7 +274,10 @@ pub async fn switchover(args: SwitchoverArgs) -> Result<()> {
             report.sequences,
             report.tables_verified
         );
-        println!("write downtime: {:.3} s (the source stays read-only for the fenced roles)", report.write_downtime_ms as f64 / 1000.0);
+        println!(
+            "write downtime: {:.3} s (the source stays read-only for the fenced roles)",
+            report.write_downtime_ms as f64 / 1000.0
+        );
     }
     Ok(())
 }

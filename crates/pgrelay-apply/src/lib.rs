@@ -967,8 +967,14 @@ impl Applier {
         let mut params: Vec<Param> = Vec::with_capacity(new.len() * 2);
         self.key.clear();
         self.key.push(kind);
-        for v in new.values() {
-            if matches!(v, Value::UnchangedToast) {
+        for (i, v) in new.values().iter().enumerate() {
+            // An ALWAYS identity column cannot be assigned by UPDATE; it is
+            // the row's key, which practically never changes.
+            let identity = self.tables[ti]
+                .cols
+                .get(i)
+                .is_some_and(|c| c.identity_always);
+            if matches!(v, Value::UnchangedToast) || identity {
                 self.key.push(0);
             } else {
                 self.key.push(1);

@@ -46,6 +46,10 @@ pub(crate) struct TargetColumn {
     /// The type (or a domain's base type) has a default btree or hash
     /// equality, so `col = $n` works and can use an index.
     pub has_eq: bool,
+    /// `GENERATED ALWAYS AS IDENTITY` on the target: inserts need
+    /// `OVERRIDING SYSTEM VALUE` (native apply bypasses the rewriter that
+    /// enforces it; SQL cannot) and UPDATE may not assign it.
+    pub identity_always: bool,
 }
 
 /// The copy state of the table for this pipeline.
@@ -96,7 +100,8 @@ SELECT c.relkind::text, a.attname::text, a.atttypid, t.typname::text, tn.nspname
             AND (oc.opcintype = b.oid OR EXISTS ( \
                  SELECT 1 FROM pg_cast k WHERE k.castsource = b.oid \
                    AND k.casttarget = oc.opcintype AND k.castmethod = 'b' \
-                   AND k.castcontext = 'i'))))) \
+                   AND k.castcontext = 'i'))))), \
+       a.attidentity = 'a' \
 FROM pg_class c \
 JOIN pg_namespace n ON n.oid = c.relnamespace \
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -155,13 +160,17 @@ impl Table {
             });
         }
         let partitioned = rows[0].get::<_, String>(0) == "p";
-        let mut by_name: HashMap<String, (u32, String, String, bool, bool)> = HashMap::new();
+        let mut by_name: HashMap<String, (u32, String, String, bool, bool, bool)> = HashMap::new();
         for r in &rows {
-            by_name.insert(r.get(1), (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)));
+            by_name.insert(
+                r.get(1),
+                (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7)),
+            );
         }
         let mut cols = Vec::with_capacity(rel.columns.len());
         for c in &rel.columns {
-            let Some((oid, typname, typschema, generated, has_eq)) = by_name.get(c.name.as_str())
+            let Some((oid, typname, typschema, generated, has_eq, identity_always)) =
+                by_name.get(c.name.as_str())
             else {
                 return Err(ApplyError::Fatal {
                     context: Box::new(ctx("mapping source columns to the target table")),
@@ -201,6 +210,7 @@ impl Table {
                 quoted: quote_ident(&c.name),
                 ty,
                 has_eq: *has_eq,
+                identity_always: *identity_always,
             });
         }
         let sync = match sync.get(&(schema.to_string(), rel.name.to_string())) {
@@ -259,7 +269,11 @@ impl Table {
                 // key[1] rows per statement (multi-row VALUES).
                 let _ = write!(sql, "INSERT INTO {} (", self.qualified);
                 push_list(&mut sql, self.cols.iter().map(|c| c.quoted.as_str()));
-                sql.push_str(") VALUES ");
+                if self.cols.iter().any(|c| c.identity_always) {
+                    sql.push_str(") OVERRIDING SYSTEM VALUE VALUES ");
+                } else {
+                    sql.push_str(") VALUES ");
+                }
                 for r in 0..usize::from(key[1]) {
                     sql.push_str(if r > 0 { ", (" } else { "(" });
                     for (i, c) in self.cols.iter().enumerate() {

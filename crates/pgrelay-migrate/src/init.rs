@@ -120,7 +120,9 @@ pub async fn plan(config: &StreamConfig) -> Result<(Plan, SchemaDump), MigrateEr
             futures_util::pin_mut!(stream);
             let mut bytes = 0usize;
             while let Some(chunk) = stream.next().await {
-                bytes += chunk.map_err(|e| MigrateError::sql("measuring the copy rate", e))?.len();
+                bytes += chunk
+                    .map_err(|e| MigrateError::sql("measuring the copy rate", e))?
+                    .len();
                 if started.elapsed() > Duration::from_secs(3) {
                     break;
                 }
@@ -200,7 +202,10 @@ pub async fn init(
                 if let Err(e) = c.batch_execute(&s.sql).await {
                     // An existing role is fine; anything else is reported.
                     if e.code().map(|c| c.code()) != Some("42710") {
-                        return Err(MigrateError::Fatal(format!("target {}: {}: {e}", t.name, s.name)));
+                        return Err(MigrateError::Fatal(format!(
+                            "target {}: {}: {e}",
+                            t.name, s.name
+                        )));
                     }
                 }
             }
@@ -211,7 +216,10 @@ pub async fn init(
             .await
             .map_err(|e| MigrateError::Fatal(format!("target {}: pre-data: {e}", t.name)))?;
     }
-    phases.push(("schema (pre-data)".to_owned(), started.elapsed().as_secs_f64()));
+    phases.push((
+        "schema (pre-data)".to_owned(),
+        started.elapsed().as_secs_f64(),
+    ));
 
     let t0 = Instant::now();
     for c in &targets {
@@ -240,7 +248,9 @@ pub async fn init(
         for (t, c) in config.targets.iter().zip(&targets) {
             los = pgrelay_schema::copy_large_objects(&source, c)
                 .await
-                .map_err(|e| MigrateError::Fatal(format!("target {}: large objects: {e}", t.name)))?;
+                .map_err(|e| {
+                    MigrateError::Fatal(format!("target {}: large objects: {e}", t.name))
+                })?;
         }
         phases.push(("large objects".to_owned(), t0.elapsed().as_secs_f64()));
     }

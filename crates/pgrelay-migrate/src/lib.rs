@@ -38,7 +38,11 @@ pub enum MigrateError {
 impl MigrateError {
     pub(crate) fn sql(what: &str, e: tokio_postgres::Error) -> Self {
         match e.as_db_error() {
-            Some(db) => MigrateError::Fatal(format!("{what}: {} (SQLSTATE {})", db.message(), db.code().code())),
+            Some(db) => MigrateError::Fatal(format!(
+                "{what}: {} (SQLSTATE {})",
+                db.message(),
+                db.code().code()
+            )),
             None => MigrateError::Fatal(format!("{what}: {e}")),
         }
     }

@@ -8,7 +8,12 @@
 use tokio_postgres::Client;
 
 /// Creates the table if missing and sets `pipeline`'s phase.
-pub async fn set(client: &Client, pipeline: &str, phase: &str, detail: Option<&str>) -> Result<(), tokio_postgres::Error> {
+pub async fn set(
+    client: &Client,
+    pipeline: &str,
+    phase: &str,
+    detail: Option<&str>,
+) -> Result<(), tokio_postgres::Error> {
     client
         .batch_execute(
             "CREATE SCHEMA IF NOT EXISTS pgrelay;
@@ -38,7 +43,10 @@ pub async fn get(client: &Client, pipeline: &str) -> Option<(String, Option<Stri
         return None;
     }
     client
-        .query_opt("SELECT phase, detail FROM pgrelay.migration WHERE pipeline = $1", &[&pipeline])
+        .query_opt(
+            "SELECT phase, detail FROM pgrelay.migration WHERE pipeline = $1",
+            &[&pipeline],
+        )
         .await
         .ok()
         .flatten()

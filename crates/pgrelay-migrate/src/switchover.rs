@@ -65,11 +65,16 @@ struct Fence {
 }
 
 async fn q(c: &Client, what: &str, sql: &str) -> Result<Vec<tokio_postgres::Row>, MigrateError> {
-    c.query(sql, &[]).await.map_err(|e| MigrateError::sql(what, e))
+    c.query(sql, &[])
+        .await
+        .map_err(|e| MigrateError::sql(what, e))
 }
 
 /// Runs the cutover for `config`'s pipeline.
-pub async fn switchover(config: &StreamConfig, options: &SwitchoverOptions) -> Result<SwitchoverReport, MigrateError> {
+pub async fn switchover(
+    config: &StreamConfig,
+    options: &SwitchoverOptions,
+) -> Result<SwitchoverReport, MigrateError> {
     let source = pgrelay_source::connect_sql(&config.source).await?;
     let mut steps = Vec::new();
     let mut step = Instant::now();
@@ -87,7 +92,12 @@ pub async fn switchover(config: &StreamConfig, options: &SwitchoverOptions) -> R
         )
         .await
         .map_err(|e| MigrateError::sql("reading the slot", e))?
-        .ok_or_else(|| MigrateError::Fatal(format!("slot {} does not exist: run `pgrelay init` and `pgrelay stream` first", config.slot)))?;
+        .ok_or_else(|| {
+            MigrateError::Fatal(format!(
+                "slot {} does not exist: run `pgrelay init` and `pgrelay stream` first",
+                config.slot
+            ))
+        })?;
     let active: bool = slot.get(0);
     let lag: i64 = slot.get::<_, Option<i64>>(1).unwrap_or(0);
     if !active {
@@ -235,7 +245,10 @@ async fn fence(source: &Client, only: &[String]) -> Result<Fence, MigrateError> 
             continue;
         }
         source
-            .batch_execute(&format!("ALTER ROLE {} SET default_transaction_read_only = on", quote_ident(&name)))
+            .batch_execute(&format!(
+                "ALTER ROLE {} SET default_transaction_read_only = on",
+                quote_ident(&name)
+            ))
             .await
             .map_err(|e| MigrateError::sql("fencing a role", e))?;
         fence.roles.push((name, r.get(1)));
@@ -251,8 +264,15 @@ async fn fence(source: &Client, only: &[String]) -> Result<Fence, MigrateError> 
 async fn unfence(source: &Client, fence: &Fence) -> Result<(), tokio_postgres::Error> {
     for (role, previous) in &fence.roles {
         let sql = match previous {
-            Some(v) => format!("ALTER ROLE {} SET default_transaction_read_only = {}", quote_ident(role), quote_literal(v)),
-            None => format!("ALTER ROLE {} RESET default_transaction_read_only", quote_ident(role)),
+            Some(v) => format!(
+                "ALTER ROLE {} SET default_transaction_read_only = {}",
+                quote_ident(role),
+                quote_literal(v)
+            ),
+            None => format!(
+                "ALTER ROLE {} RESET default_transaction_read_only",
+                quote_ident(role)
+            ),
         };
         source.batch_execute(&sql).await?;
     }
@@ -260,7 +280,10 @@ async fn unfence(source: &Client, fence: &Fence) -> Result<(), tokio_postgres::E
 }
 
 /// Sequences in the schemas of the selected tables.
-async fn sequences(source: &Client, config: &StreamConfig) -> Result<Vec<(String, String)>, MigrateError> {
+async fn sequences(
+    source: &Client,
+    config: &StreamConfig,
+) -> Result<Vec<(String, String)>, MigrateError> {
     let tables = config
         .tables
         .resolve(source)
@@ -283,7 +306,11 @@ async fn sequences(source: &Client, config: &StreamConfig) -> Result<Vec<(String
 }
 
 /// Copies `last_value`/`is_called` of each sequence (setval on the target).
-pub async fn copy_sequences(source: &Client, target: &Client, seqs: &[(String, String)]) -> Result<(), tokio_postgres::Error> {
+pub async fn copy_sequences(
+    source: &Client,
+    target: &Client,
+    seqs: &[(String, String)],
+) -> Result<(), tokio_postgres::Error> {
     for (s, n) in seqs {
         let name = format!("{}.{}", quote_ident(s), quote_ident(n));
         let row = source
@@ -292,7 +319,10 @@ pub async fn copy_sequences(source: &Client, target: &Client, seqs: &[(String, S
         let last: i64 = row.get(0);
         let called: bool = row.get(1);
         target
-            .execute("SELECT setval($1::text::regclass, $2, $3)", &[&name, &last, &called])
+            .execute(
+                "SELECT setval($1::text::regclass, $2, $3)",
+                &[&name, &last, &called],
+            )
             .await?;
     }
     Ok(())

@@ -59,7 +59,13 @@ struct List {
 }
 
 impl List {
-    fn push(&mut self, check: &str, verdict: Verdict, found: impl Into<String>, fix: Option<String>) {
+    fn push(
+        &mut self,
+        check: &str,
+        verdict: Verdict,
+        found: impl Into<String>,
+        fix: Option<String>,
+    ) {
         self.out.push(Check {
             server: self.server.clone(),
             check: check.to_owned(),
@@ -83,10 +89,18 @@ async fn int(c: &Client, q: &str) -> Option<i64> {
 }
 
 /// Turns a connection failure into a cause and a fix.
-pub fn connection_advice(config: &pgrelay_source::Config, e: &pgrelay_source::SourceError, replication: bool) -> String {
+pub fn connection_advice(
+    config: &pgrelay_source::Config,
+    e: &pgrelay_source::SourceError,
+    replication: bool,
+) -> String {
     let msg = e.to_string();
     let user = &config.user;
-    let db = if replication { "replication".to_owned() } else { config.dbname.clone() };
+    let db = if replication {
+        "replication".to_owned()
+    } else {
+        config.dbname.clone()
+    };
     if msg.contains("pg_hba.conf") || msg.contains("28000") {
         format!(
             "the server's pg_hba.conf has no line for this client: add `host {db} {user} <this host's IP>/32 scram-sha-256` (the server log names the client address), then `SELECT pg_reload_conf()`"
@@ -107,7 +121,10 @@ pub fn connection_advice(config: &pgrelay_source::Config, e: &pgrelay_source::So
 /// Runs every check; the caller prints them and exits 1 on any failure.
 pub async fn validate(config: &StreamConfig, options: ValidateOptions) -> Vec<Check> {
     let mut all = Vec::new();
-    let mut src = List { server: "source".into(), out: Vec::new() };
+    let mut src = List {
+        server: "source".into(),
+        out: Vec::new(),
+    };
     let source = match pgrelay_source::connect_sql(&config.source).await {
         Ok(c) => {
             src.push("reachable", Verdict::Pass, config.source.redacted(), None);
@@ -132,7 +149,12 @@ pub async fn validate(config: &StreamConfig, options: ValidateOptions) -> Vec<Ch
             }
             Err(e) => {
                 let advice = connection_advice(&config.source, &e, true);
-                src.push("replication connection", Verdict::Fail, e.to_string(), Some(advice));
+                src.push(
+                    "replication connection",
+                    Verdict::Fail,
+                    e.to_string(),
+                    Some(advice),
+                );
             }
         }
     }
@@ -153,14 +175,26 @@ async fn check_source(c: &Client, config: &StreamConfig, l: &mut List, specs: &m
     let wal = setting(c, "wal_level").await.unwrap_or_default();
     l.push(
         "wal_level",
-        if wal == "logical" { Verdict::Pass } else { Verdict::Fail },
+        if wal == "logical" {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        },
         wal.clone(),
         Some("ALTER SYSTEM SET wal_level = logical; then restart the server".into()),
     );
-    let slots_max = setting(c, "max_replication_slots").await.and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
-    let slots_used = int(c, "SELECT count(*) FROM pg_replication_slots").await.unwrap_or(0);
+    let slots_max = setting(c, "max_replication_slots")
+        .await
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap_or(0);
+    let slots_used = int(c, "SELECT count(*) FROM pg_replication_slots")
+        .await
+        .unwrap_or(0);
     let slot_exists = c
-        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&config.slot])
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&config.slot],
+        )
         .await
         .ok()
         .flatten()
@@ -170,17 +204,46 @@ async fn check_source(c: &Client, config: &StreamConfig, l: &mut List, specs: &m
     let free = slots_max - slots_used;
     l.push(
         "free replication slots",
-        if free >= need { Verdict::Pass } else { Verdict::Fail },
-        format!("{free} free of max_replication_slots = {slots_max}{}", if slot_exists { " (the pipeline's slot exists)" } else { "" }),
-        Some(format!("ALTER SYSTEM SET max_replication_slots = {}; then restart", slots_used + need + 2)),
+        if free >= need {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        },
+        format!(
+            "{free} free of max_replication_slots = {slots_max}{}",
+            if slot_exists {
+                " (the pipeline's slot exists)"
+            } else {
+                ""
+            }
+        ),
+        Some(format!(
+            "ALTER SYSTEM SET max_replication_slots = {}; then restart",
+            slots_used + need + 2
+        )),
     );
-    let senders_max = setting(c, "max_wal_senders").await.and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
-    let senders_used = int(c, "SELECT count(*) FROM pg_stat_replication").await.unwrap_or(0);
+    let senders_max = setting(c, "max_wal_senders")
+        .await
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap_or(0);
+    let senders_used = int(c, "SELECT count(*) FROM pg_stat_replication")
+        .await
+        .unwrap_or(0);
     l.push(
         "free WAL senders",
-        if senders_max - senders_used >= 2 { Verdict::Pass } else { Verdict::Fail },
-        format!("{} free of max_wal_senders = {senders_max}", senders_max - senders_used),
-        Some(format!("ALTER SYSTEM SET max_wal_senders = {}; then restart", senders_used + 4)),
+        if senders_max - senders_used >= 2 {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        },
+        format!(
+            "{} free of max_wal_senders = {senders_max}",
+            senders_max - senders_used
+        ),
+        Some(format!(
+            "ALTER SYSTEM SET max_wal_senders = {}; then restart",
+            senders_used + 4
+        )),
     );
     let priv_row = c
         .query_one(
@@ -199,11 +262,17 @@ async fn check_source(c: &Client, config: &StreamConfig, l: &mut List, specs: &m
             "REPLICATION privilege",
             if ok { Verdict::Pass } else { Verdict::Fail },
             format!("role {user}"),
-            Some(format!("ALTER ROLE {user} REPLICATION; (on RDS: GRANT rds_replication TO {user})")),
+            Some(format!(
+                "ALTER ROLE {user} REPLICATION; (on RDS: GRANT rds_replication TO {user})"
+            )),
         );
     }
-    let keep = setting(c, "max_slot_wal_keep_size").await.unwrap_or_default();
-    let db_size = int(c, "SELECT pg_database_size(current_database())").await.unwrap_or(0);
+    let keep = setting(c, "max_slot_wal_keep_size")
+        .await
+        .unwrap_or_default();
+    let db_size = int(c, "SELECT pg_database_size(current_database())")
+        .await
+        .unwrap_or(0);
     l.push(
         "max_slot_wal_keep_size",
         if keep == "-1" { Verdict::Warn } else { Verdict::Pass },
@@ -215,16 +284,27 @@ async fn check_source(c: &Client, config: &StreamConfig, l: &mut List, specs: &m
     );
     match config.tables.resolve(c).await {
         Ok(names) => {
-            let pairs: Vec<(String, String)> = names.iter().map(|t| (t.schema.clone(), t.name.clone())).collect();
+            let pairs: Vec<(String, String)> = names
+                .iter()
+                .map(|t| (t.schema.clone(), t.name.clone()))
+                .collect();
             l.push(
                 "selected tables",
-                if pairs.is_empty() { Verdict::Fail } else { Verdict::Pass },
+                if pairs.is_empty() {
+                    Verdict::Fail
+                } else {
+                    Verdict::Pass
+                },
                 format!("{} tables", pairs.len()),
                 Some("check tables.include/exclude".into()),
             );
             let mut no_select = Vec::new();
             for (s, t) in &pairs {
-                let q = format!("{}.{}", pgrelay_stream::select::quote_ident(s), pgrelay_stream::select::quote_ident(t));
+                let q = format!(
+                    "{}.{}",
+                    pgrelay_stream::select::quote_ident(s),
+                    pgrelay_stream::select::quote_ident(t)
+                );
                 let ok = c
                     .query_one("SELECT has_table_privilege($1, 'SELECT')", &[&q])
                     .await
@@ -236,16 +316,29 @@ async fn check_source(c: &Client, config: &StreamConfig, l: &mut List, specs: &m
             }
             l.push(
                 "SELECT on selected tables",
-                if no_select.is_empty() { Verdict::Pass } else { Verdict::Fail },
-                if no_select.is_empty() { "granted".to_owned() } else { format!("missing on {}", no_select.join(", ")) },
-                Some(format!("GRANT SELECT ON {} TO <the source user>;", no_select.join(", "))),
+                if no_select.is_empty() {
+                    Verdict::Pass
+                } else {
+                    Verdict::Fail
+                },
+                if no_select.is_empty() {
+                    "granted".to_owned()
+                } else {
+                    format!("missing on {}", no_select.join(", "))
+                },
+                Some(format!(
+                    "GRANT SELECT ON {} TO <the source user>;",
+                    no_select.join(", ")
+                )),
             );
             if let Ok(found) = check::describe_tables(c, &pairs).await {
                 *specs = found.into_iter().flatten().collect();
             }
             let without: Vec<&TableSpec> = specs
                 .iter()
-                .filter(|t| t.replica_identity == 'n' || (t.replica_identity == 'd' && !t.has_primary_key))
+                .filter(|t| {
+                    t.replica_identity == 'n' || (t.replica_identity == 'd' && !t.has_primary_key)
+                })
                 .collect();
             let fixes: Vec<String> = without
                 .iter()
@@ -259,31 +352,64 @@ async fn check_source(c: &Client, config: &StreamConfig, l: &mut List, specs: &m
                 .collect();
             l.push(
                 "replica identity",
-                if without.is_empty() { Verdict::Pass } else { Verdict::Fail },
+                if without.is_empty() {
+                    Verdict::Pass
+                } else {
+                    Verdict::Fail
+                },
                 if without.is_empty() {
                     "every table has a primary key or a replica identity".to_owned()
                 } else {
                     format!(
                         "no primary key or replica identity: {}",
-                        without.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect::<Vec<_>>().join(", ")
+                        without
+                            .iter()
+                            .map(|t| format!("{}.{}", t.schema, t.name))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )
                 },
                 Some(format!("add a primary key, or: {}", fixes.join(" "))),
             );
         }
-        Err(e) => l.push("selected tables", Verdict::Fail, e.to_string(), Some("check the source user's privileges".into())),
+        Err(e) => l.push(
+            "selected tables",
+            Verdict::Fail,
+            e.to_string(),
+            Some("check the source user's privileges".into()),
+        ),
     }
 }
 
-async fn check_target(t: &TargetConfig, specs: &[TableSpec], source_major: u32, options: ValidateOptions) -> Vec<Check> {
-    let mut l = List { server: format!("target {}", t.name), out: Vec::new() };
+async fn check_target(
+    t: &TargetConfig,
+    specs: &[TableSpec],
+    source_major: u32,
+    options: ValidateOptions,
+) -> Vec<Check> {
+    let mut l = List {
+        server: format!("target {}", t.name),
+        out: Vec::new(),
+    };
     let c = match pgrelay_source::connect_sql(&t.config).await {
         Ok(c) => {
             l.push("reachable", Verdict::Pass, t.config.redacted(), None);
             c
         }
-        Err(e) if options.schema_copy && e.to_string().contains("does not exist") && e.to_string().contains("database") => {
-            l.push("reachable", Verdict::Pass, format!("server reachable; database {} will be created by init", t.config.dbname), None);
+        Err(e)
+            if options.schema_copy
+                && e.to_string().contains("does not exist")
+                && e.to_string().contains("database") =>
+        {
+            l.push(
+                "reachable",
+                Verdict::Pass,
+                format!(
+                    "server reachable; database {} will be created by init",
+                    t.config.dbname
+                ),
+                None,
+            );
             return l.out;
         }
         Err(e) => {
@@ -299,8 +425,16 @@ async fn check_target(t: &TargetConfig, specs: &[TableSpec], source_major: u32, 
         format!("PostgreSQL {major} (source {source_major})"),
         Some("a target older than the source can reject newer syntax or types; upgrade the target or test carefully".into()),
     );
-    let max_conn = setting(&c, "max_connections").await.and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
-    let used = int(&c, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'").await.unwrap_or(0);
+    let max_conn = setting(&c, "max_connections")
+        .await
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap_or(0);
+    let used = int(
+        &c,
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
+    )
+    .await
+    .unwrap_or(0);
     let need = options.copy_workers.max(1) as i64 + 2;
     l.push(
         "connection headroom",
@@ -308,11 +442,18 @@ async fn check_target(t: &TargetConfig, specs: &[TableSpec], source_major: u32, 
         format!("{} free of max_connections = {max_conn}, need {need}", max_conn - used),
         Some(format!("raise max_connections (ALTER SYSTEM SET max_connections = {}; restart) or lower apply.copy_workers", used + need + 10)),
     );
-    let pairs: Vec<(String, String)> = specs.iter().map(|s| (s.schema.clone(), s.name.clone())).collect();
+    let pairs: Vec<(String, String)> = specs
+        .iter()
+        .map(|s| (s.schema.clone(), s.name.clone()))
+        .collect();
     match check::describe_tables(&c, &pairs).await {
         Ok(found) => {
             if options.schema_copy {
-                let present: Vec<String> = found.iter().flatten().map(|t| format!("{}.{}", t.schema, t.name)).collect();
+                let present: Vec<String> = found
+                    .iter()
+                    .flatten()
+                    .map(|t| format!("{}.{}", t.schema, t.name))
+                    .collect();
                 l.push(
                     "tables (schema copy requested)",
                     if present.is_empty() { Verdict::Pass } else { Verdict::Warn },
@@ -327,13 +468,29 @@ async fn check_target(t: &TargetConfig, specs: &[TableSpec], source_major: u32, 
                     .collect();
                 l.push(
                     "tables present and compatible",
-                    if problems.is_empty() { Verdict::Pass } else { Verdict::Fail },
-                    if problems.is_empty() { format!("{} tables match", specs.len()) } else { problems.join("; ") },
-                    Some("fix each table as described, or run `pgrelay init` to copy the schema".into()),
+                    if problems.is_empty() {
+                        Verdict::Pass
+                    } else {
+                        Verdict::Fail
+                    },
+                    if problems.is_empty() {
+                        format!("{} tables match", specs.len())
+                    } else {
+                        problems.join("; ")
+                    },
+                    Some(
+                        "fix each table as described, or run `pgrelay init` to copy the schema"
+                            .into(),
+                    ),
                 );
             }
         }
-        Err(e) => l.push("tables", Verdict::Fail, e.to_string(), Some("check the target user's privileges".into())),
+        Err(e) => l.push(
+            "tables",
+            Verdict::Fail,
+            e.to_string(),
+            Some("check the target user's privileges".into()),
+        ),
     }
     l.out
 }

@@ -251,7 +251,7 @@ impl TargetLog {
     }
 
     /// The next unread event, or `None` when everything was read.
-    pub fn next(&mut self) -> Result<Option<Event>, LogError> {
+    pub fn next_event(&mut self) -> Result<Option<Event>, LogError> {
         if let Some((event, _)) = self.mem.get(self.mem_read) {
             self.mem_read += 1;
             return Ok(Some(event.clone()));
@@ -467,4 +467,149 @@ fn decode_event(tag: u8, mut body: Bytes) -> Result<Event, LogError> {
     } else {
         Event::Commit(info, confirm)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use pgrelay_types::{ByteStr, Column, Oid, ReplicaIdentity, Tuple, Value};
+
+    fn rel(cols: usize) -> Arc<RelationInfo> {
+        Arc::new(RelationInfo {
+            oid: Oid(16384),
+            schema: ByteStr::from_static("public"),
+            name: ByteStr::from_static("t"),
+            replica_identity: ReplicaIdentity::Default,
+            columns: (0..cols)
+                .map(|i| Column {
+                    name: ByteStr::from_utf8(Bytes::from(format!("c{i}"))).unwrap(),
+                    type_oid: Oid(25),
+                    type_modifier: -1,
+                    is_key: i == 0,
+                })
+                .collect(),
+        })
+    }
+
+    fn txn(n: u64, rel: &Arc<RelationInfo>, rows: usize) -> Vec<Event> {
+        let info = Arc::new(TransactionInfo {
+            xid: Xid(n as u32),
+            commit_lsn: Lsn(n * 100),
+            end_lsn: Lsn(n * 100 + 8),
+            commit_ts: PgTimestamp(n as i64),
+            origin: None,
+            kind: TransactionKind::Plain,
+        });
+        let changes = (0..rows)
+            .map(|r| Change::Insert {
+                relation: rel.clone(),
+                new: Tuple(
+                    (0..rel.columns.len())
+                        .map(|c| Value::Text(Bytes::from(format!("{n}-{r}-{c}"))))
+                        .collect(),
+                ),
+            })
+            .collect();
+        vec![
+            Event::Begin(info.clone()),
+            Event::Changes(Arc::new(changes)),
+            Event::Commit(info.clone(), info.end_lsn),
+        ]
+    }
+
+    /// Flattens events into comparable lines (chunking may differ between
+    /// memory and disk).
+    fn lines(events: &[Event]) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in events {
+            match e {
+                Event::Begin(i) => out.push(format!("B {} {}", i.commit_lsn, i.commit_ts.0)),
+                Event::Commit(i, c) => out.push(format!("C {} {}", i.end_lsn, c)),
+                Event::Position(l) => out.push(format!("P {l}")),
+                Event::Changes(cs) => {
+                    for c in cs.iter() {
+                        out.push(format!("{c:?}"));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn drain(log: &mut TargetLog) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(e) = log.next_event().unwrap() {
+            out.push(e);
+        }
+        out
+    }
+
+    #[test]
+    fn spills_past_the_memory_limit_and_replays_after_rewind() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Arc::new(Mutex::new(
+            SpillDir::open(dir.path(), Some(64 << 20)).unwrap(),
+        ));
+        let mut log = TargetLog::new(spill.clone(), 1, 4096);
+        let narrow = rel(2);
+        let wide = rel(3); // a column added mid-stream
+        let mut pushed = Vec::new();
+        for n in 1..=30 {
+            let r = if n > 15 { &wide } else { &narrow };
+            for e in txn(n, r, 20) {
+                log.push(&e).unwrap();
+                pushed.push(e);
+            }
+        }
+        log.push(&Event::Position(Lsn(99_999))).unwrap();
+        pushed.push(Event::Position(Lsn(99_999)));
+        assert!(log.spilled_events() > 0, "nothing went to disk");
+        assert!(log.memory_bytes() <= 4096 + 8192);
+        let first = drain(&mut log);
+        assert_eq!(lines(&first), lines(&pushed));
+        assert!(log.fully_read());
+        // A failed batch: everything comes again, identical.
+        log.rewind();
+        let again = drain(&mut log);
+        assert_eq!(lines(&again), lines(&pushed));
+        // Commit part-way, fail, rewind: only the rest comes back.
+        log.rewind();
+        let mut read = Vec::new();
+        for _ in 0..40 {
+            read.push(log.next_event().unwrap().unwrap());
+        }
+        log.commit().unwrap();
+        log.rewind();
+        let rest = drain(&mut log);
+        let mut all = read.clone();
+        all.extend(rest);
+        assert_eq!(lines(&all), lines(&pushed));
+        log.commit().unwrap();
+        assert!(log.is_empty(), "committed log keeps data");
+        assert_eq!(spill.lock().unwrap().used_bytes(), 0, "disk not given back");
+        // Memory is used again once the disk part drained.
+        log.push(&Event::Position(Lsn(100_000))).unwrap();
+        assert!(matches!(
+            log.next_event().unwrap(),
+            Some(Event::Position(Lsn(100_000)))
+        ));
+    }
+
+    #[test]
+    fn a_full_budget_is_reported_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Arc::new(Mutex::new(SpillDir::open(dir.path(), Some(2048)).unwrap()));
+        let mut log = TargetLog::new(spill, 1, 256);
+        let r = rel(2);
+        let mut full = false;
+        for n in 1..=50 {
+            for e in txn(n, &r, 5) {
+                if matches!(log.push(&e), Err(SpillError::BudgetExceeded { .. })) {
+                    full = true;
+                }
+            }
+        }
+        assert!(full, "the budget was never reached");
+    }
 }

@@ -43,6 +43,9 @@ use crate::state::PipelineState;
 use crate::target::TargetHandle;
 use crate::StreamError;
 
+/// Prefix of the non-transactional logical messages that mark a position.
+pub const MARKER_PREFIX: &str = "pgrelay";
+
 /// Changes per dispatched chunk.
 const CHUNK_CHANGES: usize = 1000;
 /// Bytes per dispatched chunk.
@@ -126,6 +129,10 @@ impl SourceReader {
         let proto = max_proto_version(major);
         let mut options = PgOutputOptions::new([self.publication.clone()]);
         options.proto_version = Some(proto);
+        // Non-transactional messages with prefix `pgrelay` are position
+        // markers (`pgrelay verify` emits one so paused targets need not
+        // wait for the next keepalive).
+        options.messages = true;
         options.streaming = if proto >= 2 {
             Streaming::On
         } else {
@@ -221,8 +228,25 @@ impl SourceReader {
                 Ok(o) => o,
                 Err(e) => break Err(StreamError::Fatal(e.to_string())),
             };
-            let Some(Reassembled::Transaction(txn)) = out else {
-                continue;
+            let txn = match out {
+                Some(Reassembled::Transaction(txn)) => txn,
+                Some(Reassembled::Message(m)) => {
+                    let stats = reassembler.stats();
+                    let marker = !m.transactional && m.prefix.as_str() == MARKER_PREFIX;
+                    if marker
+                        && !mid_group
+                        && stats.open_streams == 0
+                        && stats.pending_prepared == 0
+                        && m.lsn > cursor.position
+                    {
+                        cursor.position = m.lsn;
+                        if let Err(e) = self.dispatch(&Event::Position(m.lsn), shutdown).await {
+                            break Err(e);
+                        }
+                    }
+                    continue;
+                }
+                None => continue,
             };
             if txn.info.commit_lsn <= cursor.commit && cursor.commit != Lsn::INVALID {
                 // Resent after a reconnect: already in every log.

@@ -231,7 +231,10 @@ async fn target_status(
         .unwrap_or(false);
     if migration {
         if let Ok(Some(r)) = client
-            .query_opt("SELECT phase FROM pgrelay.migration WHERE pipeline = $1", &[&pipeline])
+            .query_opt(
+                "SELECT phase FROM pgrelay.migration WHERE pipeline = $1",
+                &[&pipeline],
+            )
             .await
         {
             out.migration_phase = Some(r.get(0));

@@ -17,7 +17,7 @@
 //!   if it is complete, commits what is pending, and stops.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgrelay_apply::{Applier, ApplyError, ApplyOptions};
 use pgrelay_types::Lsn;
@@ -60,7 +60,23 @@ enum WorkerError {
     Apply(#[from] ApplyError),
     #[error("target backlog: {0}")]
     Log(#[from] pgrelay_spill::SpillError),
+    #[error("verification pause: {0}")]
+    Pause(String),
 }
+
+/// `pgrelay verify`'s handshake with a running streamer: it inserts a row
+/// with lsn 0/0 and the worker stops at its next transaction boundary
+/// (filling `reached_lsn`, its last applied commit); verify then exports a
+/// source snapshot and sets the row's lsn to its position (clearing
+/// `reached_lsn`); the worker applies every source transaction committed
+/// before it and none after, fills `reached_lsn` again, and waits until
+/// the row is deleted.
+pub const PAUSE_DDL: &str = "CREATE SCHEMA IF NOT EXISTS pgrelay;
+CREATE TABLE IF NOT EXISTS pgrelay.verify_pause (
+    pipeline text PRIMARY KEY, lsn pg_lsn NOT NULL, reached_lsn pg_lsn,
+    requested_at timestamptz NOT NULL DEFAULT now())";
+const PAUSE_POLL: Duration = Duration::from_millis(250);
+const MAX_PAUSE: Duration = Duration::from_secs(600);
 
 enum Outcome {
     Shutdown,
@@ -132,6 +148,7 @@ impl Worker {
             Err(WorkerError::Apply(e)) => classify(e),
             Err(WorkerError::Log(e)) if e.is_transient() => Outcome::Retry(e.to_string()),
             Err(WorkerError::Log(e)) => Outcome::Fatal(e.to_string()),
+            Err(WorkerError::Pause(e)) => Outcome::Retry(e),
         }
     }
 
@@ -149,10 +166,31 @@ impl Worker {
         let mut dirty = false;
         // Confirmable position and commit time once pending work commits.
         let mut pending: Option<(Lsn, Option<pgrelay_types::PgTimestamp>)> = None;
+        // A `pgrelay verify` asking this target to stop right before the
+        // first source transaction committing at or after this LSN.
+        let mut pause: Option<Lsn> = None;
+        let mut pause_checked = Instant::now();
+        applier
+            .client()
+            .batch_execute(PAUSE_DDL)
+            .await
+            .map_err(|e| WorkerError::Pause(e.to_string()))?;
         loop {
+            if !in_txn && pause.is_none() && pause_checked.elapsed() >= PAUSE_POLL {
+                pause_checked = Instant::now();
+                pause = self.pause_request(applier).await?;
+                // 0/0: stop now, so the verification can pick its snapshot
+                // ahead of this target.
+                if pause == Some(Lsn::INVALID) {
+                    if dirty {
+                        self.flush(applier, &mut dirty, &mut pending).await?;
+                    }
+                    pause = self.hold(applier, Lsn::INVALID, shutdown).await?;
+                }
+            }
             let next = {
                 let mut log = self.handle.log.lock().expect("log lock");
-                let n = log.next().map_err(|e| WorkerError::Log(e))?;
+                let n = log.next_event().map_err(WorkerError::Log)?;
                 state.set_spilled(log.disk_bytes());
                 n
             };
@@ -189,6 +227,19 @@ impl Worker {
                 continue;
             };
             state.set_caught_up(false);
+            let at = match &event {
+                Event::Begin(info) => Some(info.commit_lsn),
+                Event::Position(lsn) if !in_txn => Some(*lsn),
+                _ => None,
+            };
+            if let (Some(p), Some(at)) = (pause, at) {
+                if at >= p {
+                    if dirty {
+                        self.flush(applier, &mut dirty, &mut pending).await?;
+                    }
+                    pause = self.hold(applier, p, shutdown).await?;
+                }
+            }
             match event {
                 Event::Begin(info) => {
                     in_txn = true;
@@ -232,6 +283,75 @@ impl Worker {
         }
     }
 
+    /// The pause `pgrelay verify` asks for, if any.
+    async fn pause_request(&self, applier: &mut Applier) -> Result<Option<Lsn>, WorkerError> {
+        let row = applier
+            .client()
+            .query_opt(
+                "SELECT lsn::text FROM pgrelay.verify_pause WHERE pipeline = $1 AND reached_lsn IS NULL",
+                &[&self.options.pipeline],
+            )
+            .await
+            .map_err(|e| WorkerError::Pause(e.to_string()))?;
+        Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()))
+    }
+
+    /// Everything before `at` is applied and nothing after it (or, for
+    /// 0/0, nothing more for now): say so and wait until the verification
+    /// removes its request (`None`) or moves it to a new point.
+    async fn hold(
+        &self,
+        applier: &mut Applier,
+        at: Lsn,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Lsn>, WorkerError> {
+        let c = applier.client();
+        let pipeline = &self.options.pipeline;
+        let reached = applier.progress().map_or(Lsn::INVALID, |p| p.commit_lsn);
+        let e = |e: tokio_postgres::Error| WorkerError::Pause(e.to_string());
+        c.execute(
+            "UPDATE pgrelay.verify_pause SET reached_lsn = $2::text::pg_lsn
+              WHERE pipeline = $1 AND lsn = $3::text::pg_lsn",
+            &[pipeline, &reached.to_string(), &at.to_string()],
+        )
+        .await
+        .map_err(e)?;
+        tracing::info!(target_name = %self.handle.state.name, lsn = %at, "paused for verification");
+        let started = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = shutdown.changed() => return Ok(None),
+            }
+            let row = c
+                .query_opt(
+                    "SELECT lsn::text, reached_lsn IS NULL FROM pgrelay.verify_pause WHERE pipeline = $1",
+                    &[pipeline],
+                )
+                .await
+                .map_err(e)?;
+            let Some(row) = row else { break };
+            let lsn: Lsn = row.get::<_, String>(0).parse().unwrap_or(Lsn::INVALID);
+            let fresh: bool = row.get(1);
+            if lsn != at && fresh {
+                tracing::info!(target_name = %self.handle.state.name, lsn = %lsn, "verification point set; applying up to it");
+                return Ok(Some(lsn));
+            }
+            if started.elapsed() > MAX_PAUSE {
+                tracing::warn!(target_name = %self.handle.state.name, "verification pause exceeded 10 minutes; resuming");
+                c.execute(
+                    "DELETE FROM pgrelay.verify_pause WHERE pipeline = $1",
+                    &[pipeline],
+                )
+                .await
+                .map_err(e)?;
+                break;
+            }
+        }
+        tracing::info!(target_name = %self.handle.state.name, paused = ?started.elapsed(), "resumed after verification");
+        Ok(None)
+    }
+
     /// Nothing is pending on the target: what was read is done.
     fn settle(
         &self,
@@ -242,7 +362,7 @@ impl Worker {
             .lock()
             .expect("log lock")
             .commit()
-            .map_err(|e| WorkerError::Log(e))?;
+            .map_err(WorkerError::Log)?;
         if let Some((lsn, ts)) = pending.take() {
             self.handle.state.advance(lsn, ts);
         }

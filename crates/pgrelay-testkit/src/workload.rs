@@ -50,10 +50,17 @@ impl Cluster {
     pub fn pgbench_command_as(&self, role: &str, db: &str, clients: u32, seconds: u32) -> Command {
         let bin = client_tool("pgbench").unwrap_or_else(|e| panic!("{e}"));
         let mut c = Command::new(bin);
-        c.args(["-h", "127.0.0.1", "-p", &self.port().to_string(), "-U", role])
-            .env("PGPASSWORD", crate::TEST_PASSWORD)
-            .args(["-n", "-c", &clients.to_string(), "-T", &seconds.to_string()])
-            .arg(db);
+        c.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port().to_string(),
+            "-U",
+            role,
+        ])
+        .env("PGPASSWORD", crate::TEST_PASSWORD)
+        .args(["-n", "-c", &clients.to_string(), "-T", &seconds.to_string()])
+        .arg(db);
         c
     }
 

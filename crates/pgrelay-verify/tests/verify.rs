@@ -74,6 +74,7 @@ fn options(pipeline: Option<&str>, retries: u32) -> VerifyOptions {
         range_rows: 400,
         retries,
         pipeline: pipeline.map(str::to_string),
+        snapshot: None,
     }
 }
 
