@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use pgrelay_testkit::{
     assert_databases_equal, describe, simple_rows, unique_name, Cluster, SCRAM_ROLE,
 };
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const PGRELAY: &str = env!("CARGO_BIN_EXE_pgrelay");
@@ -102,12 +103,16 @@ async fn application_writes(source: &Cluster, db: &str, until: Instant) -> u64 {
     n
 }
 
-async fn migrate(source_major: u32) {
+async fn migrate(source_major: u32, reverse: bool) {
     let source = Cluster::builder(source_major)
         .setting("wal_level", "logical")
         .setting("max_replication_slots", "10")
         .start();
-    let target = Cluster::start(17);
+    let target = if reverse {
+        Cluster::builder(17).setting("wal_level", "logical").start()
+    } else {
+        Cluster::start(17)
+    };
     let db = unique_name("mig");
     source.create_database(&db);
     let src = source.connect(&db).await;
@@ -189,20 +194,45 @@ async fn migrate(source_major: u32) {
             let status = pgrelay(&["status", "--json"], &config);
             let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
             assert_eq!(st["targets"][0]["state"], "streaming", "{}", text(&status));
-            let out = tokio::task::spawn_blocking({
-                let config = config.clone();
-                move || pgrelay(&["switchover", "--yes", "--max-lag", "256MB"], &config)
-            })
-            .await
-            .unwrap();
+            let mut args = vec!["switchover", "--yes", "--max-lag", "256MB"];
+            if reverse {
+                args.push("--reverse");
+            }
+            let mut child = Command::new(PGRELAY)
+                .args(&args)
+                .arg("--config")
+                .arg(&config)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let mut out = String::new();
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            while let Ok(Ok(Some(line))) =
+                tokio::time::timeout(Duration::from_secs(180), lines.next_line()).await
+            {
+                out.push_str(&line);
+                out.push('\n');
+                if line.starts_with("streaming back") {
+                    break;
+                }
+            }
             let _ = stream.start_kill();
-            out
+            (child, out)
         };
         tokio::join!(flow, app)
     };
     let _ = bench.start_kill();
-    let t = text(&switch_result);
-    assert!(switch_result.status.success(), "switchover: {t}");
+    let (mut child, t) = switch_result;
+    if !reverse {
+        let status = child.wait().await.unwrap();
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err).await;
+        assert!(status.success(), "switchover: {t}{err}");
+    } else {
+        assert!(t.contains("streaming back"), "switchover --reverse: {t}");
+    }
     assert!(writes > 10, "the application wrote only {writes} times");
     let downtime: f64 = t
         .lines()
@@ -252,10 +282,15 @@ async fn migrate(source_major: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrates_14_to_17_under_load() {
-    migrate(14).await;
+    migrate(14, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrates_16_to_17_under_load() {
-    migrate(16).await;
+    migrate(16, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrates_15_to_17_and_streams_back_with_reverse() {
+    migrate(15, true).await;
 }

@@ -134,7 +134,7 @@ fn main() {
             Command::Validate(args) => migrate::validate(args).await,
             Command::Init(args) => migrate::init(args, shutdown_signal()).await,
             Command::Verify(args) => migrate::verify(args).await,
-            Command::Switchover(args) => migrate::switchover(args).await,
+            Command::Switchover(args) => migrate::switchover(args, shutdown_signal()).await,
             Command::Status(args) => stream::status(args, shutdown_signal()).await,
             Command::Cleanup(args) => stream::cleanup(args).await,
             Command::Replica(args) => replica::run(args, shutdown_signal()).await,

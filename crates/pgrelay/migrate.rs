@@ -83,6 +83,13 @@ pub struct SwitchoverArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Then stream from the new primary back to the old source (which stays
+    /// a ready fallback) until interrupted; ends the forward stream.
+    #[arg(long)]
+    reverse: bool,
+    /// With --reverse: serve /metrics and /health of the reverse stream here.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
 }
 
 fn print_checks(checks: &[Check]) {
@@ -244,7 +251,10 @@ pub async fn verify(args: VerifyArgs) -> Result<()> {
 }
 
 /// The cutover.
-pub async fn switchover(args: SwitchoverArgs) -> Result<()> {
+pub async fn switchover(
+    args: SwitchoverArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let config = args.pipeline.load(None)?;
     if !args.yes && !confirm("fence writes on the source and switch over to the targets?")? {
         println!("nothing changed");
@@ -278,6 +288,22 @@ pub async fn switchover(args: SwitchoverArgs) -> Result<()> {
             "write downtime: {:.3} s (the source stays read-only for the fenced roles)",
             report.write_downtime_ms as f64 / 1000.0
         );
+    }
+    if args.reverse {
+        use std::io::Write as _;
+        let mut reverse = pgrelay_migrate::switchover::prepare_reverse(&config).await?;
+        if let Some(l) = &args.listen {
+            reverse.listen = Some(
+                l.parse()
+                    .with_context(|| format!("--listen {l}: expected HOST:PORT"))?,
+            );
+        }
+        println!(
+            "streaming back from the new primary to the old source (slot {}); stop with Ctrl-C",
+            reverse.slot
+        );
+        let _ = std::io::stdout().flush();
+        crate::stream::run_config(reverse, shutdown).await?;
     }
     Ok(())
 }

@@ -109,6 +109,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let config = args.pipeline.load(args.listen.clone())?;
+    run_config(config, shutdown).await
+}
+
+/// Runs the streamer for a resolved configuration (also `switchover
+/// --reverse`) until `shutdown`, serving `/metrics` and `/health` on its
+/// `listen` address.
+pub async fn run_config(
+    config: StreamConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let listen = config.listen;
     let pipeline = Pipeline::new(config);
     let state = pipeline.state();

@@ -327,3 +327,119 @@ pub async fn copy_sequences(
     }
     Ok(())
 }
+
+/// `--reverse`: after a switchover, a pipeline from the new primary (the
+/// only target) back to the old source, so the old server stays a ready
+/// fallback. The forward slot and publication are dropped first (their
+/// streamer ends), or the changes streamed back would be streamed forward
+/// again. No copy is needed: both sides are identical at this point, so
+/// the reverse slot's consistent point is recorded as every table's
+/// `sync_lsn` on the old source. Returns the reverse pipeline's
+/// configuration, ready for `Pipeline::run`.
+pub async fn prepare_reverse(config: &StreamConfig) -> Result<StreamConfig, MigrateError> {
+    let [target] = config.targets.as_slice() else {
+        return Err(MigrateError::Fatal(
+            "--reverse needs exactly one target (the new primary)".into(),
+        ));
+    };
+    let source = pgrelay_source::connect_sql(&config.source).await?;
+    // End the forward stream: its walsender, its slot, its publication.
+    for _ in 0..50 {
+        let active: Option<Option<i32>> = source
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&config.slot],
+            )
+            .await
+            .map_err(|e| MigrateError::sql("reading the forward slot", e))?
+            .map(|r| r.get(0));
+        match active {
+            None => break,
+            Some(Some(pid)) => {
+                source
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .map_err(|e| MigrateError::sql("ending the forward stream", e))?;
+            }
+            Some(None) => {
+                match source
+                    .execute("SELECT pg_drop_replication_slot($1)", &[&config.slot])
+                    .await
+                {
+                    Ok(_) => break,
+                    // The streamer reconnected in between: end it again.
+                    Err(e) if e.code().map(|c| c.code()) == Some("55006") => {}
+                    Err(e) => return Err(MigrateError::sql("dropping the forward slot", e)),
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    source
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            quote_ident(&config.publication)
+        ))
+        .await
+        .map_err(|e| MigrateError::sql("dropping the forward publication", e))?;
+
+    let mut reverse = config.clone();
+    let base: String = config.slot.chars().take(55).collect();
+    reverse.slot = format!("{base}_reverse");
+    reverse.publication = reverse.slot.clone();
+    reverse.source = target.config.clone();
+    reverse.targets = vec![pgrelay_stream::config::TargetConfig {
+        name: "old-source".into(),
+        config: config.source.clone(),
+        role: target.role,
+    }];
+    reverse.listen = None;
+
+    let new_primary = pgrelay_source::connect_sql(&reverse.source).await?;
+    let names = reverse
+        .tables
+        .resolve(&new_primary)
+        .await
+        .map_err(|e| MigrateError::sql("listing tables on the new primary", e))?;
+    let pairs: Vec<(String, String)> = names
+        .iter()
+        .map(|t| (t.schema.clone(), t.name.clone()))
+        .collect();
+    let specs: Vec<_> = pgrelay_apply::check::describe_tables(&new_primary, &pairs)
+        .await
+        .map_err(|e| MigrateError::Fatal(format!("describing tables on the new primary: {e}")))?
+        .into_iter()
+        .flatten()
+        .collect();
+    pgrelay_stream::sync::ensure_publication(&new_primary, &reverse.publication, &specs).await?;
+    let mut repl = pgrelay_source::ReplicationClient::connect(&reverse.source).await?;
+    let created = match pgrelay_stream::sync::slot_position(&new_primary, &reverse.slot).await? {
+        Some(lsn) => lsn,
+        None => {
+            repl.create_replication_slot(
+                &reverse.slot,
+                &pgrelay_source::CreateSlotOptions::default(),
+            )
+            .await?
+            .consistent_point
+        }
+    };
+    let _ = repl.close().await;
+    pgrelay_apply::meta::ensure_schema(&source)
+        .await
+        .map_err(|e| MigrateError::Fatal(format!("old source: {e}")))?;
+    for (schema, name) in &pairs {
+        source
+            .execute(
+                "INSERT INTO pgrelay.table_sync (pipeline, schema_name, table_name, state, sync_lsn)
+                 VALUES ($1, $2, $3, 'ready', $4::text::pg_lsn)
+                 ON CONFLICT (pipeline, schema_name, table_name)
+                 DO UPDATE SET state = 'ready', sync_lsn = EXCLUDED.sync_lsn, updated_at = now()",
+                &[&reverse.slot, schema, name, &created.to_string()],
+            )
+            .await
+            .map_err(|e| MigrateError::sql("recording the reverse pipeline's tables", e))?;
+    }
+    tracing::info!(slot = %reverse.slot, lsn = %created, "reverse pipeline ready");
+    Ok(reverse)
+}
