@@ -263,6 +263,28 @@ async fn migrate(source_major: u32, reverse: bool) {
                INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (1, 1, 1, 1);",
     )
     .await;
+    if reverse {
+        // The writes on the new primary flow back to the old source, which
+        // stays a ready fallback.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let cmp = pgrelay_testkit::compare_databases(&tgt, &src)
+                .await
+                .expect("comparing");
+            if cmp.is_equal() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the old source did not receive the new primary's writes: {cmp}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(
+            scalar(&src, "SELECT count(*) FROM customers WHERE name = 'after'").await,
+            "1"
+        );
+    }
     // The old source refuses the application's writes.
     let app = source.connect_as(SCRAM_ROLE, &db).await.unwrap();
     let err = app

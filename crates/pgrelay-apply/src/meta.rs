@@ -181,21 +181,33 @@ pub async fn load_table_sync(
         .collect()
 }
 
-/// Deletes `pipeline`'s rows; when no pipeline is left, drops the tables and
-/// the schema (not CASCADE: objects someone else put in the schema keep it
-/// alive). A target without the schema is left as it is.
+/// Every table pgrelay keeps in the `pgrelay` schema, each with one row (or
+/// more) per pipeline: progress and table states (here), the verification
+/// handshake (`pgrelay-stream`) and the migration phase (`pgrelay-migrate`).
+/// Listed in one place so `cleanup` removes all of them.
+pub const PIPELINE_TABLES: &[&str] = &["progress", "table_sync", "verify_pause", "migration"];
+
+/// Deletes `pipeline`'s rows from every table in [`PIPELINE_TABLES`]; when no
+/// pipeline is left, drops those tables and the schema (not CASCADE:
+/// objects someone else put in the schema keep it alive). A target without
+/// the schema is left as it is.
 pub async fn drop_pipeline(client: &Client, pipeline: &str) -> Result<(), ApplyError> {
     let c = || ctx("dropping the pipeline's rows in the pgrelay schema");
-    let exists: bool = client
-        .query_one(
-            "SELECT to_regclass('pgrelay.progress') IS NOT NULL \
-             AND to_regclass('pgrelay.table_sync') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| ApplyError::from_pg(&e, c()))?
-        .get(0);
-    if !exists {
+    let mut present = Vec::new();
+    for table in PIPELINE_TABLES {
+        let exists: bool = client
+            .query_one(
+                "SELECT to_regclass(format('pgrelay.%I', $1::text)) IS NOT NULL",
+                &[table],
+            )
+            .await
+            .map_err(|e| ApplyError::from_pg(&e, c()))?
+            .get(0);
+        if exists {
+            present.push(*table);
+        }
+    }
+    if present.is_empty() {
         return Ok(());
     }
     client
@@ -203,29 +215,27 @@ pub async fn drop_pipeline(client: &Client, pipeline: &str) -> Result<(), ApplyE
         .await
         .map_err(|e| ApplyError::from_pg(&e, c()))?;
     let result = async {
-        client
-            .execute(
-                "DELETE FROM pgrelay.progress WHERE pipeline = $1",
-                &[&pipeline],
-            )
-            .await?;
-        client
-            .execute(
-                "DELETE FROM pgrelay.table_sync WHERE pipeline = $1",
-                &[&pipeline],
-            )
-            .await?;
-        let left: bool = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pgrelay.progress) \
-                 OR EXISTS (SELECT 1 FROM pgrelay.table_sync)",
-                &[],
-            )
-            .await?
-            .get(0);
-        if !left {
+        let mut left = false;
+        for table in &present {
             client
-                .batch_execute("DROP TABLE pgrelay.progress, pgrelay.table_sync")
+                .execute(
+                    &format!("DELETE FROM pgrelay.{table} WHERE pipeline = $1"),
+                    &[&pipeline],
+                )
+                .await?;
+            let rows: bool = client
+                .query_one(
+                    &format!("SELECT EXISTS (SELECT 1 FROM pgrelay.{table})"),
+                    &[],
+                )
+                .await?
+                .get(0);
+            left |= rows;
+        }
+        if !left {
+            let list: Vec<String> = present.iter().map(|t| format!("pgrelay.{t}")).collect();
+            client
+                .batch_execute(&format!("DROP TABLE {}", list.join(", ")))
                 .await?;
             let others: bool = client
                 .query_one(

@@ -253,8 +253,10 @@ impl Worker {
                 }
                 Event::Commit(info, confirm) => {
                     in_txn = false;
+                    // Always closed, skipped or not: the applier holds the
+                    // open transaction until its commit.
+                    applier.commit(&info).await?;
                     if !skipping {
-                        applier.commit(&info).await?;
                         dirty = true;
                     }
                     skipping = false;
