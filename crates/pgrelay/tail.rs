@@ -81,13 +81,7 @@ pub struct TailArgs {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
+use pgrelay_types::sql::{quote_ident, quote_literal};
 
 /// `schema.table` or `table` (then `public`), each part optionally quoted.
 fn qualified_table(spec: &str) -> Result<String, UsageError> {

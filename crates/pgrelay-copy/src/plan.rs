@@ -26,15 +26,7 @@ use tokio_postgres::Client;
 use crate::error::CopyError;
 use crate::TableCopy;
 
-/// Quotes an identifier the way `quote_ident` does, always.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// `"schema"."name"`.
-pub(crate) fn qualified(schema: &str, name: &str) -> String {
-    format!("{}.{}", quote_ident(schema), quote_ident(name))
-}
+pub(crate) use pgrelay_types::sql::{quote_ident, quote_qualified as qualified};
 
 /// One heap (a plain table or a leaf partition) on the source.
 #[derive(Debug, Clone)]

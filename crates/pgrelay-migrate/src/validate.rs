@@ -344,9 +344,8 @@ async fn check_source(c: &Client, config: &StreamConfig, l: &mut List, specs: &m
                 .iter()
                 .map(|t| {
                     format!(
-                        "ALTER TABLE {}.{} REPLICA IDENTITY FULL;",
-                        pgrelay_stream::select::quote_ident(&t.schema),
-                        pgrelay_stream::select::quote_ident(&t.name)
+                        "ALTER TABLE {} REPLICA IDENTITY FULL;",
+                        pgrelay_types::sql::display_qualified(&t.schema, &t.name)
                     )
                 })
                 .collect();

@@ -11,21 +11,7 @@ use std::fmt;
 
 use pgrelay_source::{Config, Host};
 
-/// `"name"` with embedded quotes doubled.
-pub fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// A string literal; `E'...'` when backslashes need escaping, so the
-/// result is right whatever `standard_conforming_strings` says.
-pub fn literal(value: &str) -> String {
-    let body = value.replace('\'', "''");
-    if body.contains('\\') {
-        format!("E'{}'", body.replace('\\', "\\\\"))
-    } else {
-        format!("'{body}'")
-    }
-}
+pub use pgrelay_types::sql::{quote_ident as ident, quote_literal as literal};
 
 /// A table, schema-qualified.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]

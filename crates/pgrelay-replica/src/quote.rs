@@ -6,22 +6,7 @@
 //! "Connection Strings" (libpq-connstring), "Setting Parameters"
 //! (config-setting).
 
-/// `"name"` with embedded double quotes doubled: always quoted, so case and
-/// special characters survive exactly.
-pub fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// `'value'` with embedded single quotes doubled, or `E'...'` with
-/// backslashes escaped when the value contains a backslash, so the result
-/// is correct whatever `standard_conforming_strings` says.
-pub fn literal(value: &str) -> String {
-    if value.contains('\\') {
-        format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
-    } else {
-        format!("'{}'", value.replace('\'', "''"))
-    }
-}
+pub use pgrelay_types::sql::{quote_ident as ident, quote_literal as literal};
 
 /// A libpq connection-string value: bare when it is a plain word,
 /// otherwise single-quoted with `\` and `'` backslash-escaped.

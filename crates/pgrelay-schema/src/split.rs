@@ -205,22 +205,7 @@ pub fn split_script(script: &str) -> Vec<Piece> {
     out
 }
 
-/// `"name"` with embedded quotes doubled: always quoted, so case, keywords
-/// and odd characters survive.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// `"schema"."name"`.
-pub fn qualified(schema: &str, name: &str) -> String {
-    format!("{}.{}", quote_ident(schema), quote_ident(name))
-}
-
-/// A standard-conforming string literal (`standard_conforming_strings` is
-/// on in every supported major, and the appliers set it explicitly).
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
+pub use pgrelay_types::sql::{quote_ident, quote_literal, quote_qualified as qualified};
 
 /// Words of a statement's head: quoted identifiers stay one token (quotes
 /// kept), `.` separates, whitespace and `(` end a token.

@@ -131,12 +131,11 @@ pub fn max_proto_version(server_major: u32) -> u32 {
     }
 }
 
-/// `"name"` with embedded quotes doubled.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+pub(crate) use pgrelay_types::sql::quote_ident;
 
-/// `'value'` with embedded quotes doubled.
+/// `'value'` with embedded quotes doubled. Not the shared SQL form: the
+/// walsender's replication-command scanner knows no `E'...'` strings, and
+/// takes backslashes literally.
 pub(crate) fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }

@@ -27,32 +27,12 @@ pub struct TableName {
 
 impl std::fmt::Display for TableName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}.{}",
-            quote_ident(&self.schema),
-            quote_ident(&self.name)
-        )
+        // For messages: quoted only where a human would quote.
+        f.write_str(&display_qualified(&self.schema, &self.name))
     }
 }
 
-/// Quotes an identifier when it needs it.
-pub fn quote_ident(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && !s.starts_with(|c: char| c.is_ascii_digit());
-    if plain {
-        s.to_owned()
-    } else {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    }
-}
-
-/// Quotes a string literal.
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
+pub use pgrelay_types::sql::{display_qualified, quote_ident, quote_literal};
 
 fn split(pattern: &str) -> Result<(String, String), String> {
     let p = pattern.trim();
@@ -181,7 +161,11 @@ mod tests {
         let plain = TableSelection::new(vec!["users".into()], vec![]).unwrap();
         assert!(plain.matches("public", "users"));
         assert_eq!(plain.literal_misses(&[]), vec!["public.users".to_string()]);
-        assert_eq!(quote_ident("Users"), "\"Users\"");
-        assert_eq!(quote_ident("users"), "users");
+        let t = |s: &str, n: &str| TableName {
+            schema: s.into(),
+            name: n.into(),
+        };
+        assert_eq!(t("public", "Users").to_string(), "public.\"Users\"");
+        assert_eq!(t("public", "users").to_string(), "public.users");
     }
 }

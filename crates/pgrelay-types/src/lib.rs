@@ -20,6 +20,7 @@ mod change;
 mod ids;
 mod lsn;
 mod relation;
+pub mod sql;
 mod text;
 mod time;
 mod transaction;

@@ -30,10 +30,7 @@ const SAMPLE_PAGES: f64 = 2000.0;
 /// Upper bound on ranges per table.
 const MAX_RANGES: usize = 10_000;
 
-/// Quotes an identifier the way `quote_ident` does (always quoting).
-pub(crate) fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+pub(crate) use pgrelay_types::sql::quote_ident;
 
 /// One column: name, `format_type` spelling, effective collation.
 #[derive(Clone, Debug)]
