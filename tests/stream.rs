@@ -597,6 +597,106 @@ async fn a_down_target_spills_while_the_other_keeps_up() {
     assert!(s.sigterm().await.success(), "{}", s.logs());
 }
 
+/// A target that refuses a change (a unique index only it has) stops with
+/// an error naming the table, the source LSN and the fix, and /health says
+/// 503, while the other target keeps streaming; the slot keeps what the
+/// failed target needs, so after the fix and a restart it catches up with
+/// nothing lost and nothing doubled (the keyless ledger would show it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_error_stops_one_target_while_the_other_continues() {
+    let source = logical(16);
+    let good = Cluster::start(15);
+    let bad = Cluster::start(17);
+    let db = unique_name("ft");
+    for c in [&source, &good, &bad] {
+        c.create_database(&db);
+    }
+    let mut src = source.connect(&db).await;
+    let good_c = good.connect(&db).await;
+    let bad_c = bad.connect(&db).await;
+    let mut wl = Workload::new(11, 1);
+    for c in [&src, &good_c, &bad_c] {
+        keyless_and_workload(c, &wl).await;
+        sql(c, "CREATE TABLE items (id int PRIMARY KEY, code text)").await;
+    }
+    sql(&bad_c, "CREATE UNIQUE INDEX items_code ON items (code)").await;
+    let slot = unique_name("ft");
+    let mut s = Streamer::new(&yaml(
+        &source.superuser_url(&db),
+        &slot,
+        &[
+            ("good", good.superuser_url(&db)),
+            ("bad", bad.superuser_url(&db)),
+        ],
+        "apply: { max_retry_delay: 1s }\n",
+    ));
+    s.start();
+    ledger_and_workload(&mut src, &mut wl, 2).await;
+    sql(&src, "INSERT INTO items VALUES (1, 'a'), (2, 'b')").await;
+    wait_equal(&src, &bad_c, Duration::from_secs(60), &s).await;
+
+    // Only the bad target refuses this transaction.
+    sql(&src, "INSERT INTO items VALUES (3, 'a')").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let error = loop {
+        if let Some((code, h)) = s.health().await {
+            let t = &h["targets"][1];
+            if t["state"] == "failed" {
+                assert_eq!(code, 503, "{h:#}");
+                assert_eq!(h["targets"][0]["state"], "streaming", "{h:#}");
+                break t["last_error"].as_str().unwrap_or_default().to_owned();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bad target never failed:\n{}",
+            s.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        error.contains("items") && error.contains("23505") && error.contains("fix:"),
+        "{error}"
+    );
+    assert!(
+        error.contains("commit LSN") && error.contains('/'),
+        "{error}"
+    );
+    // The good target keeps streaming meanwhile.
+    ledger_and_workload(&mut src, &mut wl, 3).await;
+    sql(&src, "INSERT INTO items VALUES (4, 'd')").await;
+    wait_equal(&src, &good_c, Duration::from_secs(60), &s).await;
+    assert_eq!(
+        scalar(&bad_c, "SELECT count(*) FROM items").await,
+        "2",
+        "the failed transaction must not be partly applied"
+    );
+    // The slot did not move past what the failed target applied.
+    let bad_lsn = scalar(
+        &bad_c,
+        &format!("SELECT end_lsn::text FROM pgrelay.progress WHERE pipeline = '{slot}'"),
+    )
+    .await;
+    let behind = scalar(
+        &src,
+        &format!(
+            "SELECT confirmed_flush_lsn <= '{bad_lsn}'::pg_lsn FROM pg_replication_slots \
+             WHERE slot_name = '{slot}'"
+        ),
+    )
+    .await;
+    assert_eq!(behind, "t", "the slot moved past the failed target");
+
+    // The fix, then a restart: the bad target resumes from its progress.
+    sql(&bad_c, "DROP INDEX items_code").await;
+    assert!(s.sigterm().await.success(), "{}", s.logs());
+    s.start();
+    wait_equal(&src, &bad_c, Duration::from_secs(90), &s).await;
+    wait_equal(&src, &good_c, Duration::from_secs(30), &s).await;
+    s.wait_caught_up(Duration::from_secs(30)).await;
+    assert!(s.sigterm().await.success(), "{}", s.logs());
+}
+
 /// `/metrics` is Prometheus text with the documented names, and lag
 /// converges to 0 once the load stops; `status` and `cleanup` work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
