@@ -44,6 +44,10 @@ pub struct InitArgs {
     /// Parallel connections per target for indexes and constraints.
     #[arg(long, default_value_t = 4)]
     parallel: usize,
+    /// Choose the databases and the tables to leave out on the terminal,
+    /// see a summary, then confirm.
+    #[arg(long, conflicts_with = "yes")]
+    interactive: bool,
 }
 
 /// `pgrelay verify`.
@@ -111,23 +115,42 @@ fn print_checks(checks: &[Check]) {
     }
 }
 
-/// Runs the checklist; exit 1 on any failure.
+/// Runs the checklist (per database); exit 1 on any failure.
 pub async fn validate(args: ValidateArgs) -> Result<()> {
-    let config = args.pipeline.load(None)?;
-    let checks = pgrelay_migrate::validate::validate(
-        &config,
-        ValidateOptions {
-            schema_copy: args.schema_copy,
-            copy_workers: config.apply.copy_workers,
-        },
-    )
-    .await;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&checks)?);
-    } else {
-        print_checks(&checks);
+    let configs = args.pipeline.load_all(None).await?;
+    let several = configs.len() > 1;
+    let mut failed = 0;
+    let mut json = Vec::new();
+    for config in &configs {
+        let checks = pgrelay_migrate::validate::validate(
+            config,
+            ValidateOptions {
+                schema_copy: args.schema_copy,
+                copy_workers: config.apply.copy_workers,
+            },
+        )
+        .await;
+        failed += checks.iter().filter(|c| c.verdict == Verdict::Fail).count();
+        if args.json {
+            json.push((config.database.clone(), checks));
+        } else {
+            if let Some(db) = &config.database {
+                println!("== database {db} ==");
+            }
+            print_checks(&checks);
+        }
     }
-    let failed = checks.iter().filter(|c| c.verdict == Verdict::Fail).count();
+    if args.json {
+        if several {
+            let docs: Vec<serde_json::Value> = json
+                .iter()
+                .map(|(db, checks)| serde_json::json!({"database": db, "checks": checks}))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&docs)?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(&json[0].1)?);
+        }
+    }
     if failed > 0 {
         if !args.json {
             println!("{failed} check(s) failed");
@@ -149,94 +172,175 @@ fn confirm(question: &str) -> Result<bool> {
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
 
-/// Schema, data and post-data into the targets.
+/// `e` with the pipeline's database in front, for one of several.
+fn in_db(config: &pgrelay_stream::StreamConfig, e: anyhow::Error) -> anyhow::Error {
+    match &config.database {
+        Some(db) => e.context(format!("database {db}")),
+        None => e,
+    }
+}
+
+/// A future that resolves when `rx` turns true (one per database's init).
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Schema, data and post-data into the targets, database after database.
 pub async fn init(
     args: InitArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let config = args.pipeline.load(None)?;
-    let (plan, dump) = pgrelay_migrate::init::plan(&config).await?;
-    println!("{:<48} {:>14} {:>12}", "TABLE", "ROWS (est.)", "SIZE");
-    for t in &plan.tables {
+    let (configs, choice) = if args.interactive {
+        crate::interactive::require_terminal()?;
+        match crate::interactive::choose(&config).await? {
+            Some(choice) => (choice.configs.clone(), Some(choice)),
+            None => {
+                println!("nothing selected; nothing changed");
+                return Ok(());
+            }
+        }
+    } else {
+        (crate::stream::expand(&config).await?, None)
+    };
+    let several = configs.len() > 1;
+    let mut plans = Vec::new();
+    for c in &configs {
+        let (plan, dump) = pgrelay_migrate::init::plan(c)
+            .await
+            .map_err(|e| in_db(c, e.into()))?;
+        plans.push((plan, dump));
+    }
+    for (c, (plan, _)) in configs.iter().zip(&plans) {
+        if let Some(db) = &c.database {
+            println!("database {db}");
+        }
+        println!("{:<48} {:>14} {:>12}", "TABLE", "ROWS (est.)", "SIZE");
+        for t in &plan.tables {
+            println!(
+                "{:<48} {:>14} {:>9.1} MB",
+                t.table,
+                t.rows,
+                t.bytes as f64 / 1e6
+            );
+        }
         println!(
-            "{:<48} {:>14} {:>9.1} MB",
-            t.table,
-            t.rows,
-            t.bytes as f64 / 1e6
+            "total {:.1} MB; measured source read rate {:.1} MB/s; estimated copy time {:.0} s; schema from {}",
+            plan.total_bytes as f64 / 1e6,
+            plan.measured_rate / 1e6,
+            plan.eta_seconds,
+            plan.schema_source
         );
     }
-    println!(
-        "total {:.1} MB; measured source read rate {:.1} MB/s; estimated copy time {:.0} s; schema from {}",
-        plan.total_bytes as f64 / 1e6,
-        plan.measured_rate / 1e6,
-        plan.eta_seconds,
-        plan.schema_source
-    );
+    let tables: usize = plans.iter().map(|(p, _)| p.tables.len()).sum();
+    let bytes: i64 = plans.iter().map(|(p, _)| p.total_bytes).sum();
+    let eta: f64 = plans.iter().map(|(p, _)| p.eta_seconds).sum();
+    let targets = configs.first().map_or(0, |c| c.targets.len());
+    if several || choice.is_some() {
+        let names: Vec<&str> = configs.iter().map(|c| c.source.dbname.as_str()).collect();
+        println!(
+            "summary: {} database(s) ({}), {tables} table(s), {:.1} MB, estimated copy time {eta:.0} s",
+            configs.len(),
+            names.join(", "),
+            bytes as f64 / 1e6
+        );
+        if let Some(choice) = &choice {
+            if !choice.excluded.is_empty() {
+                println!("left out: {}", choice.excluded.join(", "));
+            }
+        }
+    }
     let what = format!(
-        "copy the schema and data of {} tables into {} target(s){}",
-        plan.tables.len(),
-        config.targets.len(),
+        "copy the schema and data of {tables} tables{} into {targets} target(s){}",
+        if several {
+            format!(" in {} databases", configs.len())
+        } else {
+            String::new()
+        },
         if args.drop_existing {
             ", DROPPING the existing target databases"
         } else {
             ""
         }
     );
-    if !args.yes && !confirm(&format!("{what}?"))? {
+    let go = if args.yes {
+        true
+    } else if choice.is_some() {
+        crate::interactive::confirm(&format!("{what}?"))?
+    } else {
+        confirm(&format!("{what}?"))?
+    };
+    if !go {
         println!("nothing changed");
         return Ok(());
     }
-    let report = pgrelay_migrate::init::init(
-        &config,
-        &dump,
-        &pgrelay_migrate::init::InitOptions {
-            drop_existing: args.drop_existing,
-            roles: args.roles,
-            large_objects: args.large_objects,
-            parallel: args.parallel,
-        },
-        shutdown,
-    )
-    .await?;
-    for (phase, secs) in &report.phases {
-        println!("  {phase}: {secs:.1} s");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let options = pgrelay_migrate::init::InitOptions {
+        drop_existing: args.drop_existing,
+        roles: args.roles,
+        large_objects: args.large_objects,
+        parallel: args.parallel,
+    };
+    for (c, (_, dump)) in configs.iter().zip(&plans) {
+        let prefix = crate::stream::db_prefix(c);
+        let report = pgrelay_migrate::init::init(c, dump, &options, stopped(stop_rx.clone()))
+            .await
+            .map_err(|e| in_db(c, e.into()))?;
+        for (phase, secs) in &report.phases {
+            println!("  {prefix}{phase}: {secs:.1} s");
+        }
+        println!(
+            "{prefix}initialized: {} pre-data and {} post-data statements, {} large objects",
+            report.pre_data, report.post_data, report.large_objects
+        );
     }
-    println!(
-        "initialized: {} pre-data and {} post-data statements, {} large objects; now run `pgrelay stream` (same configuration)",
-        report.pre_data, report.post_data, report.large_objects
-    );
+    match &choice {
+        Some(choice) if !choice.flags.is_empty() => println!(
+            "now run `pgrelay stream {}` (same configuration); pass the same flags to verify, status, switchover and cleanup",
+            choice.flags.join(" ")
+        ),
+        _ => println!("now run `pgrelay stream` (same configuration)"),
+    }
     Ok(())
 }
 
-/// Compares every table; exit 1 on a difference.
+/// Compares every table of every selected database; exit 1 on a difference.
 pub async fn verify(args: VerifyArgs) -> Result<()> {
-    let config = args.pipeline.load(None)?;
+    let configs = args.pipeline.load_all(None).await?;
     let mut all_equal = true;
     let mut json = Vec::new();
-    for t in &config.targets {
-        let results = pgrelay_migrate::verify::verify_target(&config, t, args.parallel).await?;
-        for r in &results {
-            all_equal &= r.equal;
-            if !args.json {
-                let mark = if r.equal { "✓" } else { "✗" };
-                println!(
-                    "{mark} {}: {}.{}: {} rows on the source, {} on the target ({:.1} s)",
-                    t.name,
-                    r.schema,
-                    r.name,
-                    r.source_rows,
-                    r.target_rows,
-                    r.elapsed.as_secs_f64()
-                );
-                for range in &r.mismatched_ranges {
-                    println!("      differs in {range:?}");
+    for config in &configs {
+        for t in &config.targets {
+            let results = pgrelay_migrate::verify::verify_target(config, t, args.parallel)
+                .await
+                .map_err(|e| in_db(config, e.into()))?;
+            for r in &results {
+                all_equal &= r.equal;
+                if !args.json {
+                    let mark = if r.equal { "✓" } else { "✗" };
+                    println!(
+                        "{mark} {}: {}.{}: {} rows on the source, {} on the target ({:.1} s)",
+                        t.name,
+                        r.schema,
+                        r.name,
+                        r.source_rows,
+                        r.target_rows,
+                        r.elapsed.as_secs_f64()
+                    );
+                    for range in &r.mismatched_ranges {
+                        println!("      differs in {range:?}");
+                    }
                 }
             }
+            json.push(serde_json::json!({"target": t.name, "tables": results.iter().map(|r| serde_json::json!({
+                "schema": r.schema, "table": r.name, "equal": r.equal, "source_rows": r.source_rows,
+                "target_rows": r.target_rows, "mismatched_ranges": format!("{:?}", r.mismatched_ranges),
+                "seconds": r.elapsed.as_secs_f64()})).collect::<Vec<_>>()}));
         }
-        json.push(serde_json::json!({"target": t.name, "tables": results.iter().map(|r| serde_json::json!({
-            "schema": r.schema, "table": r.name, "equal": r.equal, "source_rows": r.source_rows,
-            "target_rows": r.target_rows, "mismatched_ranges": format!("{:?}", r.mismatched_ranges),
-            "seconds": r.elapsed.as_secs_f64()})).collect::<Vec<_>>()}));
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
@@ -255,7 +359,11 @@ pub async fn switchover(
     args: SwitchoverArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let config = args.pipeline.load(None)?;
+    let mut configs = args.pipeline.load_all(None).await?;
+    if configs.len() > 1 {
+        bail!("switchover handles one database at a time for now: select it with --database NAME");
+    }
+    let config = configs.pop().expect("at least one pipeline");
     if !args.yes && !confirm("fence writes on the source and switch over to the targets?")? {
         println!("nothing changed");
         return Ok(());

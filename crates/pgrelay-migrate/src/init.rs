@@ -76,10 +76,43 @@ pub struct InitReport {
     pub phases: Vec<(String, f64)>,
 }
 
+/// The source's tables the selection leaves out (a partition goes with its
+/// root), so that the schema copy leaves them out as well: an excluded
+/// table is not created empty on the targets. Unlogged tables are never
+/// streamed and keep having their definition copied.
+async fn excluded_tables(
+    config: &StreamConfig,
+    source: &tokio_postgres::Client,
+) -> Result<Vec<(String, String)>, MigrateError> {
+    let rows = source
+        .query(
+            "SELECT n.nspname::text, c.relname::text, rn.nspname::text, r.relname::text
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_class r ON r.oid = coalesce(pg_partition_root(c.oid), c.oid)
+               JOIN pg_namespace rn ON rn.oid = r.relnamespace
+              WHERE c.relkind IN ('r','p') AND c.relpersistence = 'p'
+                AND n.nspname NOT IN ('pg_catalog','information_schema','pgrelay')
+                AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+              ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrateError::sql("listing the tables left out", e))?;
+    Ok(rows
+        .iter()
+        .filter(|r| !config.tables.matches(r.get(2), r.get(3)))
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
 /// Estimates sizes and measures the copy rate.
 pub async fn plan(config: &StreamConfig) -> Result<(Plan, SchemaDump), MigrateError> {
     let source = pgrelay_source::connect_sql(&config.source).await?;
-    let dump = pgrelay_schema::dump_schema(&config.source, &source, &SchemaOptions::default())
+    let options = SchemaOptions {
+        exclude_tables: excluded_tables(config, &source).await?,
+        ..SchemaOptions::default()
+    };
+    let dump = pgrelay_schema::dump_schema(&config.source, &source, &options)
         .await
         .map_err(|e| MigrateError::Fatal(format!("reading the source schema: {e}")))?;
     let names = config
