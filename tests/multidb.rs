@@ -1,7 +1,8 @@
 //! Migration selection end to end against real servers: several source
 //! databases in one configuration (`databases:` include/exclude globs, a
 //! `db.schema.table` exclusion) through `validate`, `init`, `stream` (one
-//! process, one `/health`), `verify`, `status` and `cleanup`, from
+//! process, one `/health`), `verify`, `status`, `switchover` and
+//! `cleanup`, from
 //! PostgreSQL 15 to 17; and `init --interactive` driven through a real
 //! pseudo-terminal (tmux), choosing databases and a table to leave out,
 //! plus its refusal without a terminal.
@@ -221,8 +222,35 @@ listen: \"127.0.0.1:{port}\"
         assert_eq!(p["targets"][0]["state"], "streaming", "{}", text(&out));
     }
 
+    // Both databases switch over at once: one fence, one downtime.
+    let out = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || pgrelay(&["switchover", "--yes", "--max-lag", "256MB"], &config)
+    })
+    .await
+    .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "switchover: {t}\n{}", logs());
+    assert!(t.contains("write downtime"), "{t}");
+    let out = pgrelay(&["status", "--json"], &config);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    for p in st.as_array().unwrap() {
+        assert_eq!(
+            p["targets"][0]["migration_phase"],
+            "switched over",
+            "{}",
+            text(&out)
+        );
+    }
+
     stream.start_kill().unwrap();
     let _ = stream.wait().await;
+    // Sequences followed, database by database.
+    let seq = "SELECT last_value FROM customers_id_seq";
+    assert_eq!(
+        scalar(&target.connect(&app).await, seq).await,
+        scalar(&src_app, seq).await
+    );
 
     // The excluded database and table never reached the target.
     let tgt = target.connect("postgres").await;

@@ -354,22 +354,26 @@ pub async fn verify(args: VerifyArgs) -> Result<()> {
     Ok(())
 }
 
-/// The cutover.
+/// The cutover (of every selected database at once).
 pub async fn switchover(
     args: SwitchoverArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let mut configs = args.pipeline.load_all(None).await?;
-    if configs.len() > 1 {
-        bail!("switchover handles one database at a time for now: select it with --database NAME");
-    }
-    let config = configs.pop().expect("at least one pipeline");
-    if !args.yes && !confirm("fence writes on the source and switch over to the targets?")? {
+    let configs = args.pipeline.load_all(None).await?;
+    let question = if configs.len() > 1 {
+        format!(
+            "fence writes on the source and switch over {} databases to the targets?",
+            configs.len()
+        )
+    } else {
+        "fence writes on the source and switch over to the targets?".to_owned()
+    };
+    if !args.yes && !confirm(&question)? {
         println!("nothing changed");
         return Ok(());
     }
-    let report = pgrelay_migrate::switchover::switchover(
-        &config,
+    let report = pgrelay_migrate::switchover::switchover_all(
+        &configs,
         &pgrelay_migrate::switchover::SwitchoverOptions {
             max_lag_bytes: args.max_lag.0,
             roles: args.roles,
@@ -399,19 +403,31 @@ pub async fn switchover(
     }
     if args.reverse {
         use std::io::Write as _;
-        let mut reverse = pgrelay_migrate::switchover::prepare_reverse(&config).await?;
+        let mut reverse = Vec::new();
+        for config in &configs {
+            let mut r = pgrelay_migrate::switchover::prepare_reverse(config)
+                .await
+                .map_err(|e| in_db(config, e.into()))?;
+            if let Some(d) = &config.database {
+                for t in &mut r.targets {
+                    t.name = format!("{}/{d}", t.name);
+                }
+            }
+            reverse.push(r);
+        }
         if let Some(l) = &args.listen {
-            reverse.listen = Some(
+            reverse[0].listen = Some(
                 l.parse()
                     .with_context(|| format!("--listen {l}: expected HOST:PORT"))?,
             );
         }
+        let slots: Vec<&str> = reverse.iter().map(|r| r.slot.as_str()).collect();
         println!(
             "streaming back from the new primary to the old source (slot {}); stop with Ctrl-C",
-            reverse.slot
+            slots.join(", ")
         );
         let _ = std::io::stdout().flush();
-        crate::stream::run_config(reverse, shutdown).await?;
+        crate::stream::run_configs(reverse, shutdown).await?;
     }
     Ok(())
 }
