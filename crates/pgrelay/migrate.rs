@@ -1,6 +1,13 @@
 //! `pgrelay validate`, `init`, `verify` and `switchover`: the migration
 //! commands around pgrelay-migrate, reading the same configuration as
 //! `pgrelay stream` (the targets being the new servers).
+//!
+//! A configuration selecting several source databases is one pipeline per
+//! database: `validate` and `verify` go through them in turn, `init`
+//! plans them all, asks once and initializes them one after the other,
+//! `switchover` cuts them over together (one fence). `init --interactive`
+//! (crate::interactive) chooses databases and tables on the terminal.
+//! Output for a single database is what it always was.
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -119,14 +126,17 @@ fn print_checks(checks: &[Check]) {
 pub async fn validate(args: ValidateArgs) -> Result<()> {
     let configs = args.pipeline.load_all(None).await?;
     let several = configs.len() > 1;
+    let missing = missing_slots(&configs).await;
     let mut failed = 0;
     let mut json = Vec::new();
     for config in &configs {
+        let this = usize::from(missing.contains(&config.slot));
         let checks = pgrelay_migrate::validate::validate(
             config,
             ValidateOptions {
                 schema_copy: args.schema_copy,
                 copy_workers: config.apply.copy_workers,
+                other_slots: missing.len() - this,
             },
         )
         .await;
@@ -158,6 +168,29 @@ pub async fn validate(args: ValidateArgs) -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The slots of several pipelines that do not exist yet (empty for one
+/// pipeline, or when the source cannot be read: validate says why).
+async fn missing_slots(configs: &[pgrelay_stream::StreamConfig]) -> Vec<String> {
+    if configs.len() < 2 {
+        return Vec::new();
+    }
+    let Ok(c) = pgrelay_source::connect_sql(&configs[0].source).await else {
+        return Vec::new();
+    };
+    let Ok(rows) = c
+        .query("SELECT slot_name::text FROM pg_replication_slots", &[])
+        .await
+    else {
+        return Vec::new();
+    };
+    let existing: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    configs
+        .iter()
+        .map(|c| c.slot.clone())
+        .filter(|s| !existing.contains(s))
+        .collect()
 }
 
 fn confirm(question: &str) -> Result<bool> {
@@ -293,17 +326,25 @@ pub async fn init(
         for (phase, secs) in &report.phases {
             println!("  {prefix}{phase}: {secs:.1} s");
         }
-        println!(
+        let done = format!(
             "{prefix}initialized: {} pre-data and {} post-data statements, {} large objects",
             report.pre_data, report.post_data, report.large_objects
         );
+        if several || choice.is_some() {
+            println!("{done}");
+        } else {
+            println!("{done}; now run `pgrelay stream` (same configuration)");
+        }
     }
     match &choice {
         Some(choice) if !choice.flags.is_empty() => println!(
             "now run `pgrelay stream {}` (same configuration); pass the same flags to verify, status, switchover and cleanup",
             choice.flags.join(" ")
         ),
-        _ => println!("now run `pgrelay stream` (same configuration)"),
+        _ if several || choice.is_some() => {
+            println!("now run `pgrelay stream` (same configuration)")
+        }
+        _ => {}
     }
     Ok(())
 }
