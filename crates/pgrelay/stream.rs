@@ -404,12 +404,15 @@ pub async fn cleanup(args: CleanupArgs) -> Result<()> {
             .iter()
             .map(|config| {
                 format!(
-                    "{}slot {} and publication {} on the source, and pipeline {}'s progress on {} target(s)",
-                    db_prefix(config),
+                    "slot {} and publication {} on the source, and pipeline {}'s progress on {} target(s){}",
                     config.slot,
                     config.publication,
                     config.slot,
-                    config.targets.len()
+                    config.targets.len(),
+                    config
+                        .database
+                        .as_ref()
+                        .map_or(String::new(), |d| format!(" (database {d})"))
                 )
             })
             .collect::<Vec<_>>()
