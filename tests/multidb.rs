@@ -1,9 +1,9 @@
 //! Migration selection end to end against real servers: several source
 //! databases in one configuration (`databases:` include/exclude globs, a
 //! `db.schema.table` exclusion) through `validate`, `init`, `stream` (one
-//! process, one `/health`), `verify`, `status`, `switchover` and
-//! `cleanup`, from
-//! PostgreSQL 15 to 17; and `init --interactive` driven through a real
+//! process, one `/health` and `/metrics`), `verify`, `status`,
+//! `switchover --reverse` (one fence, then every database streamed back
+//! from the new primary) and `cleanup`, from PostgreSQL 15 to 17; and `init --interactive` driven through a real
 //! pseudo-terminal (tmux), choosing databases and a table to leave out,
 //! plus its refusal without a terminal.
 
@@ -46,20 +46,24 @@ fn text(o: &Output) -> String {
     )
 }
 
-async fn health(port: u16) -> Option<(u16, serde_json::Value)> {
+async fn http(port: u16, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .ok()?;
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .await
         .ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.ok()?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1;
-    Some((code, serde_json::from_str(body).ok()?))
+    Some((code, text.split_once("\r\n\r\n")?.1.to_owned()))
+}
+
+async fn health(port: u16) -> Option<(u16, serde_json::Value)> {
+    let (code, body) = http(port, "/health").await?;
+    Some((code, serde_json::from_str(&body).ok()?))
 }
 
 const APP: &str = "
@@ -84,7 +88,8 @@ async fn migrates_selected_databases_15_to_17() {
         .setting("wal_level", "logical")
         .setting("max_replication_slots", "10")
         .start();
-    let target = Cluster::start(17);
+    // wal_level=logical: the new primary streams back with --reverse.
+    let target = Cluster::builder(17).setting("wal_level", "logical").start();
     let u = unique_name("mdb");
     let (app, billing, skip) = (
         format!("{u}_app"),
@@ -201,6 +206,16 @@ listen: \"127.0.0.1:{port}\"
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // Source-side series carry the database; targets are NAME/DB.
+    let (_, metrics) = http(port, "/metrics").await.expect("/metrics");
+    for want in [
+        format!("pgrelay_received_bytes_total{{database=\"{app}\"}}"),
+        format!("pgrelay_source_up{{database=\"{billing}\"}}"),
+        format!("pgrelay_lag_bytes{{target=\"new/{billing}\"}}"),
+    ] {
+        assert!(metrics.contains(&want), "{want} missing:\n{metrics}");
+    }
+
     // verify while streaming: both databases, exact.
     let out = tokio::task::spawn_blocking({
         let config = config.clone();
@@ -225,16 +240,65 @@ listen: \"127.0.0.1:{port}\"
         assert_eq!(p["targets"][0]["state"], "streaming", "{}", text(&out));
     }
 
-    // Both databases switch over at once: one fence, one downtime.
-    let out = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || pgrelay(&["switchover", "--yes", "--max-lag", "256MB"], &config)
-    })
+    // Both databases switch over at once (one fence, one downtime), then
+    // stream back from the new primary, every database.
+    let back_port = pgrelay_testkit::free_port();
+    let mut switch = Command::new(PGRELAY)
+        .args(["switchover", "--yes", "--max-lag", "256MB", "--reverse"])
+        .args(["--listen", &format!("127.0.0.1:{back_port}")])
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut t = String::new();
+    {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(switch.stdout.take().unwrap()).lines();
+        while let Ok(Ok(Some(line))) =
+            tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await
+        {
+            t.push_str(&line);
+            t.push('\n');
+            if line.starts_with("streaming back") {
+                break;
+            }
+        }
+    }
+    assert!(t.contains("write downtime"), "switchover: {t}\n{}", logs());
+    assert!(t.contains(&format!("mig_{app}_reverse")), "{t}");
+    // Sequences followed, database by database.
+    let seq = "SELECT last_value FROM customers_id_seq";
+    assert_eq!(
+        scalar(&target.connect(&app).await, seq).await,
+        scalar(&src_app, seq).await
+    );
+    // A write on the new primary reaches the old source.
+    sql(
+        &target.connect(&app).await,
+        "INSERT INTO customers (name) VALUES ('after the switchover')",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while scalar(
+        &src_app,
+        "SELECT count(*) FROM customers WHERE name = 'after the switchover'",
+    )
     .await
-    .unwrap();
-    let t = text(&out);
-    assert!(out.status.success(), "switchover: {t}\n{}", logs());
-    assert!(t.contains("write downtime"), "{t}");
+        != "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not streamed back: {:?}",
+            health(back_port).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, h) = health(back_port).await.expect("reverse /health");
+    assert_eq!(h["pipelines"].as_array().map(Vec::len), Some(2), "{h}");
+    let _ = switch.start_kill();
     let out = pgrelay(&["status", "--json"], &config);
     let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     for p in st.as_array().unwrap() {
@@ -246,14 +310,8 @@ listen: \"127.0.0.1:{port}\"
         );
     }
 
-    stream.start_kill().unwrap();
+    let _ = stream.start_kill();
     let _ = stream.wait().await;
-    // Sequences followed, database by database.
-    let seq = "SELECT last_value FROM customers_id_seq";
-    assert_eq!(
-        scalar(&target.connect(&app).await, seq).await,
-        scalar(&src_app, seq).await
-    );
 
     // The excluded database and table never reached the target.
     let tgt = target.connect("postgres").await;
