@@ -4,7 +4,7 @@
 //! process, one `/health` and `/metrics`), `verify`, `status`,
 //! `switchover --reverse` (one fence, then every database streamed back
 //! from the new primary) and `cleanup`, from PostgreSQL 15 to 17; and `init --interactive` driven through a real
-//! pseudo-terminal (tmux), choosing databases and a table to leave out,
+//! pseudo-terminal (openpty), choosing databases and a table to leave out,
 //! plus its refusal without a terminal.
 
 use std::path::Path;
@@ -351,27 +351,104 @@ listen: \"127.0.0.1:{port}\"
     );
 }
 
-/// A tmux session on its own server socket, so parallel tests and the
-/// developer's own tmux are never touched.
-struct Tmux {
-    socket: String,
+/// A command running on a pseudo-terminal of its own (openpty; it is the
+/// session leader with the pty as controlling terminal), as an operator's
+/// shell would run it: what it writes is collected, keys are typed into it.
+struct Pty {
+    master: std::fs::File,
+    child: std::process::Child,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
-impl Tmux {
-    fn run(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("tmux")
-            .args(["-L", &self.socket])
-            .args(args)
-            .output()
-            .expect("tmux is installed (apt-get install -y tmux)");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+impl Pty {
+    fn spawn(cmd: &mut std::process::Command) -> Pty {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt;
+        let (mut master, mut slave) = (0, 0);
+        let size = libc::winsize {
+            ws_row: 50,
+            ws_col: 200,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: plain out-parameters; the returned descriptors are owned below.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &size,
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both descriptors were just opened and are not owned elsewhere.
+        let (master, slave) = unsafe {
+            (
+                std::fs::File::from_raw_fd(master),
+                OwnedFd::from_raw_fd(slave),
+            )
+        };
+        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave));
+        // SAFETY: setsid and ioctl are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        // The parent's copies of the slave are gone with `cmd`'s Stdio, so
+        // reading the master ends (EIO) when the child exits.
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().unwrap();
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Pty {
+            master,
+            child,
+            output,
+        }
     }
 
+    /// Everything written so far, escape sequences removed.
     fn screen(&self) -> String {
-        self.run(&["capture-pane", "-p", "-t", "t"])
+        let raw = String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned();
+        let mut out = String::new();
+        let mut chars = raw.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for f in chars.by_ref() {
+                        if ('@'..='~').contains(&f) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            } else if c != '\r' {
+                out.push(c);
+            }
+        }
+        out
     }
 
-    /// Waits until the screen shows `what`.
+    /// Waits until the output shows `what`.
     async fn wait_for(&self, what: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
         loop {
@@ -387,19 +464,26 @@ impl Tmux {
         }
     }
 
-    fn keys(&self, keys: &[&str]) {
+    /// Types keys, a moment apart as a person would.
+    fn keys(&mut self, keys: &[&str]) {
+        use std::io::Write;
         for k in keys {
-            self.run(&["send-keys", "-t", "t", k]);
+            self.master.write_all(k.as_bytes()).unwrap();
             std::thread::sleep(Duration::from_millis(150));
         }
     }
 }
 
-impl Drop for Tmux {
+impl Drop for Pty {
     fn drop(&mut self) {
-        self.run(&["kill-server"]);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
+
+const DOWN: &str = "\x1b[B";
+const SPACE: &str = " ";
+const ENTER: &str = "\r";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_interactive_in_a_terminal() {
@@ -452,65 +536,48 @@ async fn init_interactive_in_a_terminal() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("needs a terminal"), "{}", text(&out));
 
-    let tmux = Tmux {
-        socket: unique_name("pgrelay_test"),
-    };
-    let stdout = dir.path().join("out.txt");
-    let rc = dir.path().join("rc.txt");
-    let cmd = format!(
-        "{PGRELAY} init --interactive --config {} > {} ; echo $? > {}; sleep 600",
-        config.display(),
-        stdout.display(),
-        rc.display()
+    let mut term = Pty::spawn(
+        std::process::Command::new(PGRELAY)
+            .args(["init", "--interactive", "--config"])
+            .arg(&config),
     );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "t",
-        "-x",
-        "200",
-        "-y",
-        "50",
-        &cmd,
-    ]);
-    let screen = tmux
+    let screen = term
         .wait_for("Databases to migrate", Duration::from_secs(30))
         .await;
     // Sizes are shown; postgres is offered but not ticked.
     assert!(
-        screen.contains(" kB") || screen.contains(" MiB"),
+        screen.contains(" KiB") || screen.contains(" MiB"),
         "{screen}"
     );
     assert!(screen.contains("postgres"), "{screen}");
     // Rows: a (ticked from the URL), b, c, postgres. Tick b.
-    tmux.keys(&["Down", "Space", "Enter"]);
-    let screen = tmux
+    term.keys(&[DOWN, SPACE, ENTER]);
+    let screen = term
         .wait_for("Tables to leave out", Duration::from_secs(30))
         .await;
     assert!(screen.contains(&format!("{b}.public.t2")), "{screen}");
     assert!(!screen.contains(&format!("{c}.public")), "{screen}");
     // Rows: a.big, a.t1, b.t2. Leave out a.big.
-    tmux.keys(&["Space", "Enter"]);
-    let screen = tmux.wait_for("(y/n)", Duration::from_secs(60)).await;
+    term.keys(&[SPACE, ENTER]);
+    let screen = term.wait_for("(y/n)", Duration::from_secs(60)).await;
     assert!(!screen.contains("initialized"), "{screen}");
-    tmux.keys(&["y"]);
+    term.keys(&["y"]);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !rc.exists() || std::fs::read_to_string(&rc).unwrap().trim().is_empty() {
+    let status = loop {
+        if let Some(status) = term.child.try_wait().unwrap() {
+            break status;
+        }
         assert!(
             Instant::now() < deadline,
             "init did not finish; screen:\n{}",
-            tmux.screen()
+            term.screen()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let out = std::fs::read_to_string(&stdout).unwrap();
-    assert_eq!(
-        std::fs::read_to_string(&rc).unwrap().trim(),
-        "0",
-        "{out}\n{}",
-        tmux.screen()
-    );
+    };
+    // The reader drains what is left once the child is gone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = term.screen();
+    assert!(status.success(), "{out}");
     assert!(out.contains("summary: 2 database(s)"), "{out}");
     assert!(out.contains(&format!("left out: {a}.public.big")), "{out}");
     assert!(
