@@ -318,11 +318,23 @@ pub async fn init(
         large_objects: args.large_objects,
         parallel: args.parallel,
     };
+    let mut initialized: Vec<&str> = Vec::new();
     for (c, (_, dump)) in configs.iter().zip(&plans) {
         let prefix = crate::stream::db_prefix(c);
         let report = pgrelay_migrate::init::init(c, dump, &options, stopped(stop_rx.clone()))
             .await
-            .map_err(|e| in_db(c, e.into()))?;
+            .map_err(|e| {
+                if initialized.is_empty() {
+                    return in_db(c, e.into());
+                }
+                // Rerunning would trip over the finished databases' schema.
+                anyhow::Error::from(e).context(format!(
+                    "database {} (already initialized: {}; after the fix run init again with --exclude-database for each of those, or with --drop-existing to redo all)",
+                    c.source.dbname,
+                    initialized.join(", ")
+                ))
+            })?;
+        initialized.push(&c.source.dbname);
         for (phase, secs) in &report.phases {
             println!("  {prefix}{phase}: {secs:.1} s");
         }
