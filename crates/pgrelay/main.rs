@@ -8,6 +8,7 @@
 
 mod demo;
 mod http;
+mod interactive;
 mod migrate;
 mod native;
 mod replica;

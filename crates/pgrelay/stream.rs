@@ -6,6 +6,12 @@
 //! extend it. `stream` serves `/metrics` and `/health` on `--listen` and
 //! stops on SIGINT/SIGTERM after finishing in-flight batches. Nothing
 //! printed here contains a password.
+//!
+//! A configuration that selects several source databases (`databases:`,
+//! `--database`, `--exclude-database`) is one pipeline per database
+//! (pgrelay_stream::databases): `stream` runs them concurrently in this
+//! process behind one `/metrics` and `/health`, and stops them all when one
+//! fails; `status` and `cleanup` go through them one after the other.
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -14,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pgrelay_stream::{config, Overrides, Pipeline, StreamConfig};
+use pgrelay_stream::{config, Overrides, Pipeline, PipelineState, StreamConfig, StreamError};
 
 use crate::http;
 
@@ -36,12 +42,20 @@ pub struct PipelineArgs {
     /// Publication (default: the slot name).
     #[arg(long, value_name = "NAME")]
     publication: Option<String>,
-    /// Tables to replicate, as globs over schema.table (repeatable; default: every user table).
+    /// Tables to replicate, as globs over schema.table or database.schema.table
+    /// (repeatable; default: every user table).
     #[arg(long = "table", value_name = "PATTERN")]
     include: Vec<String>,
     /// Tables to leave out (repeatable).
     #[arg(long = "exclude", value_name = "PATTERN")]
     exclude: Vec<String>,
+    /// Source databases to move, one pipeline each, as globs (repeatable;
+    /// replaces databases.include; `postgres` only when named).
+    #[arg(long = "database", value_name = "PATTERN")]
+    databases: Vec<String>,
+    /// Source databases to leave out (repeatable; adds to databases.exclude).
+    #[arg(long = "exclude-database", value_name = "PATTERN")]
+    exclude_databases: Vec<String>,
 }
 
 fn parse_target(s: &str) -> Result<(String, String), String> {
@@ -64,9 +78,52 @@ impl PipelineArgs {
             publication: self.publication.clone(),
             include: self.include.clone(),
             exclude: self.exclude.clone(),
+            databases: self.databases.clone(),
+            exclude_databases: self.exclude_databases.clone(),
             listen,
         };
         Ok(config::load(file.as_deref(), &overrides)?)
+    }
+
+    /// One resolved configuration per selected source database (the one
+    /// configuration when it selects no databases).
+    pub async fn load_all(&self, listen: Option<String>) -> Result<Vec<StreamConfig>> {
+        expand(&self.load(listen)?).await
+    }
+}
+
+/// [`pgrelay_stream::databases::expand`], a bad selection kept a usage
+/// error (exit 2).
+pub async fn expand(config: &StreamConfig) -> Result<Vec<StreamConfig>> {
+    match pgrelay_stream::databases::expand(config).await {
+        Ok(v) => Ok(v),
+        Err(StreamError::Config(c)) => Err(c.into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `database NAME: ` for a pipeline of several, nothing otherwise.
+pub fn db_prefix(config: &StreamConfig) -> String {
+    config
+        .database
+        .as_ref()
+        .map_or(String::new(), |d| format!("database {d}: "))
+}
+
+/// Puts the pipeline's database in front of an error: preflight problems
+/// one by one (main prints them a line each), others as context.
+pub fn in_database(config: &StreamConfig, e: StreamError) -> anyhow::Error {
+    let prefix = db_prefix(config);
+    match e {
+        StreamError::Preflight(problems) if !prefix.is_empty() => StreamError::Preflight(
+            problems
+                .into_iter()
+                .map(|p| format!("{prefix}{p}"))
+                .collect(),
+        )
+        .into(),
+        e if prefix.is_empty() => e.into(),
+        e => anyhow::Error::from(e).context(prefix.trim_end_matches(": ").to_owned()),
     }
 }
 
@@ -108,8 +165,98 @@ pub async fn run(
     args: StreamArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let config = args.pipeline.load(args.listen.clone())?;
-    run_config(config, shutdown).await
+    let configs = args.pipeline.load_all(args.listen.clone()).await?;
+    run_configs(configs, shutdown).await
+}
+
+/// Runs one pipeline per configuration concurrently (the databases of a
+/// multi-database configuration) behind one `/metrics` and `/health`,
+/// until `shutdown`; the first pipeline to fail stops the others.
+pub async fn run_configs(
+    mut configs: Vec<StreamConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    if configs.len() == 1 {
+        let config = configs.pop().expect("one");
+        return run_config(config, shutdown).await;
+    }
+    let listen = configs.first().and_then(|c| c.listen);
+    let pipelines: Vec<(StreamConfig, Pipeline)> = configs
+        .into_iter()
+        .map(|c| (c.clone(), Pipeline::new(c)))
+        .collect();
+    let states: Vec<Arc<PipelineState>> = pipelines.iter().map(|(_, p)| p.state()).collect();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+    }
+    let (http_stop_tx, http_stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = listen {
+        let mut rx = http_stop_rx.clone();
+        let (local, serve) = http::bind(
+            addr,
+            Arc::new(move || combined_health(&states)),
+            async move {
+                let _ = rx.wait_for(|v| *v).await;
+            },
+        )
+        .await?;
+        tracing::info!(addr = %local, "serving /metrics and /health");
+        tokio::spawn(serve);
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for (config, pipeline) in pipelines {
+        let mut rx = stop_rx.clone();
+        set.spawn(async move {
+            let result = pipeline
+                .run(async move {
+                    let _ = rx.wait_for(|v| *v).await;
+                })
+                .await;
+            (config, result)
+        });
+    }
+    let mut first: Option<anyhow::Error> = None;
+    while let Some(joined) = set.join_next().await {
+        let (config, result) = joined.context("a pipeline task panicked")?;
+        if let Err(e) = result {
+            let database = config.database.clone().unwrap_or_default();
+            tracing::error!(%database, error = %e, "pipeline stopped; stopping the other databases' pipelines");
+            let _ = stop_tx.send(true);
+            first.get_or_insert(in_database(&config, e));
+        }
+    }
+    let _ = http_stop_tx.send(true);
+    match first {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// `/health` of several pipelines: healthy when every one is; each
+/// pipeline's own document (with its `database`) under `pipelines`.
+fn combined_health(states: &[Arc<PipelineState>]) -> (bool, serde_json::Value) {
+    let mut healthy = true;
+    let docs: Vec<serde_json::Value> = states
+        .iter()
+        .map(|s| {
+            let (ok, doc) = s.health();
+            healthy &= ok;
+            doc
+        })
+        .collect();
+    (
+        healthy,
+        serde_json::json!({
+            "status": if healthy { "ok" } else { "degraded" },
+            "pipelines": docs,
+        }),
+    )
 }
 
 /// Runs the streamer for a resolved configuration (also `switchover
@@ -141,20 +288,46 @@ pub async fn run_config(
 
 /// Prints the pipeline's status once or until interrupted.
 pub async fn status(args: StatusArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let config = args.pipeline.load(None)?;
+    let configs = args.pipeline.load_all(None).await?;
+    let several = configs.len() > 1;
     tokio::pin!(shutdown);
     loop {
-        let s = pgrelay_stream::status::status(&config).await?;
+        let mut all = Vec::new();
+        for config in &configs {
+            let s = pgrelay_stream::status::status(config)
+                .await
+                .map_err(|e| in_database(config, e))?;
+            all.push((config.database.clone(), s));
+        }
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&s)?);
+            if several {
+                let docs: Vec<serde_json::Value> = all
+                    .iter()
+                    .map(|(db, s)| {
+                        let mut v = serde_json::to_value(s).unwrap_or_default();
+                        v["database"] = serde_json::json!(db);
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&docs)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&all[0].1)?);
+            }
         } else {
             if args.watch && std::io::stdout().is_terminal() {
                 print!("\x1b[2J\x1b[H");
             }
-            print_status(&s);
+            for (db, s) in &all {
+                if let Some(db) = db {
+                    println!("database {db}");
+                }
+                print_status(s);
+            }
         }
         if !args.watch {
-            let bad = !s.slot.exists || s.targets.iter().any(|t| !t.reachable);
+            let bad = all
+                .iter()
+                .any(|(_, s)| !s.slot.exists || s.targets.iter().any(|t| !t.reachable));
             if bad && !args.json {
                 std::process::exit(1);
             }
@@ -210,7 +383,7 @@ fn print_status(s: &pgrelay_stream::status::Status) {
     }
 }
 
-fn human_bytes(b: i64) -> String {
+pub(crate) fn human_bytes(b: i64) -> String {
     let b = b.max(0) as f64;
     if b < 1024.0 {
         format!("{b:.0} B")
@@ -225,15 +398,25 @@ fn human_bytes(b: i64) -> String {
 
 /// Drops the slot, the publication and the targets' progress.
 pub async fn cleanup(args: CleanupArgs) -> Result<()> {
-    let config = args.pipeline.load(None)?;
+    let configs = args.pipeline.load_all(None).await?;
     if !args.yes {
-        let what = format!(
-            "slot {} and publication {} on the source, and pipeline {}'s progress on {} target(s)",
-            config.slot,
-            config.publication,
-            config.slot,
-            config.targets.len()
-        );
+        let what = configs
+            .iter()
+            .map(|config| {
+                format!(
+                    "slot {} and publication {} on the source, and pipeline {}'s progress on {} target(s){}",
+                    config.slot,
+                    config.publication,
+                    config.slot,
+                    config.targets.len(),
+                    config
+                        .database
+                        .as_ref()
+                        .map_or(String::new(), |d| format!(" (database {d})"))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
         if !std::io::stdin().is_terminal() {
             anyhow::bail!("cleanup would drop the {what}; pass --yes to confirm");
         }
@@ -247,9 +430,19 @@ pub async fn cleanup(args: CleanupArgs) -> Result<()> {
             return Ok(());
         }
     }
-    let done = pgrelay_stream::status::cleanup(&config).await?;
+    for config in &configs {
+        cleanup_one(config).await?;
+    }
+    Ok(())
+}
+
+async fn cleanup_one(config: &StreamConfig) -> Result<()> {
+    let done = pgrelay_stream::status::cleanup(config)
+        .await
+        .map_err(|e| in_database(config, e))?;
     println!(
-        "dropped: slot {}, publication {}, progress on [{}]{}",
+        "{}dropped: slot {}, publication {}, progress on [{}]{}",
+        db_prefix(config),
         if done.slot { "yes" } else { "(absent)" },
         if done.publication { "yes" } else { "(absent)" },
         done.targets.join(", "),

@@ -76,10 +76,101 @@ pub struct InitReport {
     pub phases: Vec<(String, f64)>,
 }
 
+/// The source's tables the selection leaves out (a partition goes with its
+/// root), so that the schema copy leaves them out as well: an excluded
+/// table is not created empty on the targets. Unless something that is
+/// copied needs it: a table a view reads, or one a kept table's foreign
+/// key references (and, in turn, what such a table references), keeps its
+/// definition (empty on the targets, as before), with a warning — else
+/// the view or the key could not be created. Unlogged tables are never
+/// streamed and keep having their definition copied.
+async fn excluded_tables(
+    config: &StreamConfig,
+    source: &tokio_postgres::Client,
+) -> Result<Vec<(String, String)>, MigrateError> {
+    use std::collections::{BTreeSet, HashMap};
+    let rows = source
+        .query(
+            "SELECT n.nspname::text, c.relname::text, rn.nspname::text, r.relname::text,
+                    c.oid::int8, r.oid::int8
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_class r ON r.oid = coalesce(pg_partition_root(c.oid), c.oid)
+               JOIN pg_namespace rn ON rn.oid = r.relnamespace
+              WHERE c.relkind IN ('r','p') AND c.relpersistence = 'p'
+                AND n.nspname NOT IN ('pg_catalog','information_schema','pgrelay')
+                AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+              ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrateError::sql("listing the tables left out", e))?;
+    let root_of: HashMap<i64, i64> = rows.iter().map(|r| (r.get(4), r.get(5))).collect();
+    let mut excluded: BTreeSet<i64> = rows
+        .iter()
+        .filter(|r| !config.tables.matches(r.get(2), r.get(3)))
+        .map(|r| r.get(5))
+        .collect();
+    if excluded.is_empty() {
+        return Ok(Vec::new());
+    }
+    // (needing relation, needed table): views' rules and foreign keys.
+    let edges = source
+        .query(
+            "SELECT DISTINCT r.ev_class::int8, d.refobjid::int8
+               FROM pg_rewrite r
+               JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+                AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.ev_class
+             UNION
+             SELECT conrelid::int8, confrelid::int8 FROM pg_constraint WHERE contype = 'f'",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrateError::sql("reading what depends on the tables left out", e))?;
+    let root = |oid: i64| root_of.get(&oid).copied().unwrap_or(oid);
+    let edges: Vec<(i64, i64)> = edges
+        .iter()
+        .map(|r| (root(r.get(0)), root(r.get(1))))
+        .filter(|(a, b)| a != b)
+        .collect();
+    let mut kept_back = BTreeSet::new();
+    loop {
+        let needed: Vec<i64> = edges
+            .iter()
+            .filter(|(by, t)| excluded.contains(t) && !excluded.contains(by))
+            .map(|(_, t)| *t)
+            .collect();
+        if needed.is_empty() {
+            break;
+        }
+        for t in needed {
+            excluded.remove(&t);
+            kept_back.insert(t);
+        }
+    }
+    for r in rows
+        .iter()
+        .filter(|r| kept_back.contains(&r.get::<_, i64>(4)))
+    {
+        tracing::warn!(
+            table = %pgrelay_types::sql::display_qualified(r.get(0), r.get(1)),
+            "left out of the copy, but a view or foreign key that is copied needs it: its definition is created (empty) on the targets"
+        );
+    }
+    Ok(rows
+        .iter()
+        .filter(|r| excluded.contains(&r.get::<_, i64>(5)))
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
 /// Estimates sizes and measures the copy rate.
 pub async fn plan(config: &StreamConfig) -> Result<(Plan, SchemaDump), MigrateError> {
     let source = pgrelay_source::connect_sql(&config.source).await?;
-    let dump = pgrelay_schema::dump_schema(&config.source, &source, &SchemaOptions::default())
+    let options = SchemaOptions {
+        exclude_tables: excluded_tables(config, &source).await?,
+        ..SchemaOptions::default()
+    };
+    let dump = pgrelay_schema::dump_schema(&config.source, &source, &options)
         .await
         .map_err(|e| MigrateError::Fatal(format!("reading the source schema: {e}")))?;
     let names = config

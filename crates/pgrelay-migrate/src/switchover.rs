@@ -11,7 +11,10 @@
 //! verify every table at that quiescent point; report the write downtime
 //! (fence to done). If a step fails, the fence is undone (each fenced
 //! role's previous setting restored) and the error says what happened.
-//! The source stays read-only on success. With `--reverse`, a pipeline
+//! The source stays read-only on success. Several databases of one
+//! source ([`switchover_all`]) share the fence, the final position and
+//! the downtime; each pipeline is drained, its sequences copied and its
+//! tables verified. With `--reverse`, a pipeline
 //! from the new primary back to the old one is set up (slot, publication,
 //! tables marked copied) so the old server stays a ready fallback.
 //! PostgreSQL docs: "ALTER ROLE" (role-specific settings),
@@ -49,9 +52,9 @@ pub struct SwitchoverReport {
     pub terminated_sessions: i64,
     /// The source's last WAL position after the fence.
     pub final_lsn: String,
-    /// Sequences copied per target.
+    /// Sequences copied per target (summed over databases).
     pub sequences: usize,
-    /// Tables verified per target.
+    /// Tables verified per target (summed over databases).
     pub tables_verified: usize,
     /// Milliseconds from the fence to the end.
     pub write_downtime_ms: u128,
@@ -75,7 +78,31 @@ pub async fn switchover(
     config: &StreamConfig,
     options: &SwitchoverOptions,
 ) -> Result<SwitchoverReport, MigrateError> {
-    let source = pgrelay_source::connect_sql(&config.source).await?;
+    switchover_all(std::slice::from_ref(config), options).await
+}
+
+/// `database NAME: ` for a pipeline of several, nothing otherwise.
+fn db(config: &StreamConfig) -> String {
+    config
+        .database
+        .as_ref()
+        .map_or(String::new(), |d| format!("database {d}: "))
+}
+
+/// Runs the cutover of several pipelines of one source server at once
+/// (the databases of a multi-database configuration): the fence, the final
+/// WAL position and the downtime are the server's, shared; the drain waits
+/// for every pipeline's slot; sequences are copied and tables verified
+/// database by database. Any failure undoes the fence for all of them.
+pub async fn switchover_all(
+    configs: &[StreamConfig],
+    options: &SwitchoverOptions,
+) -> Result<SwitchoverReport, MigrateError> {
+    let Some(first) = configs.first() else {
+        return Err(MigrateError::Fatal("no pipeline to switch over".into()));
+    };
+    // Slots, roles and WAL are the server's: one connection sees them all.
+    let source = pgrelay_source::connect_sql(&first.source).await?;
     let mut steps = Vec::new();
     let mut step = Instant::now();
     let mut mark = |name: &str, step: &mut Instant| {
@@ -83,34 +110,39 @@ pub async fn switchover(
         *step = Instant::now();
     };
 
-    // 1. Lag must be small, and the streamer running (slot active).
-    let slot = source
-        .query_opt(
-            "SELECT active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
-               FROM pg_replication_slots WHERE slot_name = $1",
-            &[&config.slot],
-        )
-        .await
-        .map_err(|e| MigrateError::sql("reading the slot", e))?
-        .ok_or_else(|| {
-            MigrateError::Fatal(format!(
-                "slot {} does not exist: run `pgrelay init` and `pgrelay stream` first",
+    // 1. Lag must be small, and every streamer running (slot active).
+    for config in configs {
+        let slot = source
+            .query_opt(
+                "SELECT active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
+                   FROM pg_replication_slots WHERE slot_name = $1",
+                &[&config.slot],
+            )
+            .await
+            .map_err(|e| MigrateError::sql("reading the slot", e))?
+            .ok_or_else(|| {
+                MigrateError::Fatal(format!(
+                    "{}slot {} does not exist: run `pgrelay init` and `pgrelay stream` first",
+                    db(config),
+                    config.slot
+                ))
+            })?;
+        let active: bool = slot.get(0);
+        let lag: i64 = slot.get::<_, Option<i64>>(1).unwrap_or(0);
+        if !active {
+            return Err(MigrateError::Fatal(format!(
+                "{}no `pgrelay stream` is streaming from slot {}: start it and wait until lag is small",
+                db(config),
                 config.slot
-            ))
-        })?;
-    let active: bool = slot.get(0);
-    let lag: i64 = slot.get::<_, Option<i64>>(1).unwrap_or(0);
-    if !active {
-        return Err(MigrateError::Fatal(format!(
-            "no `pgrelay stream` is streaming from slot {}: start it and wait until lag is small",
-            config.slot
-        )));
-    }
-    if lag as u64 > options.max_lag_bytes {
-        return Err(MigrateError::Fatal(format!(
-            "lag is {lag} bytes, more than --max-lag {}; wait until the targets catch up (pgrelay status)",
-            options.max_lag_bytes
-        )));
+            )));
+        }
+        if lag as u64 > options.max_lag_bytes {
+            return Err(MigrateError::Fatal(format!(
+                "{}lag is {lag} bytes, more than --max-lag {}; wait until the targets catch up (pgrelay status)",
+                db(config),
+                options.max_lag_bytes
+            )));
+        }
     }
     mark("check lag", &mut step);
 
@@ -138,40 +170,56 @@ pub async fn switchover(
         let mut steps_local = vec![("fence writes".to_owned(), fence_started.elapsed().as_millis())];
         let t = Instant::now();
 
-        // 3. Drain: the slot is confirmed only up to what every target
-        // committed, so this is "every target applied everything".
+        // 3. Drain: a slot is confirmed only up to what every target of
+        // its pipeline committed, so this is "every target applied
+        // everything", database after database.
         let deadline = Instant::now() + options.drain_timeout;
-        loop {
-            let confirmed: Option<String> = source
-                .query_one(
-                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&config.slot],
-                )
-                .await
-                .map_err(|e| MigrateError::sql("reading the slot", e))?
-                .get(0);
-            let c: Lsn = confirmed.and_then(|s| s.parse().ok()).unwrap_or(Lsn::INVALID);
-            if c >= final_lsn_v {
-                break;
+        for config in configs {
+            loop {
+                let confirmed: Option<String> = source
+                    .query_one(
+                        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&config.slot],
+                    )
+                    .await
+                    .map_err(|e| MigrateError::sql("reading the slot", e))?
+                    .get(0);
+                let c: Lsn = confirmed.and_then(|s| s.parse().ok()).unwrap_or(Lsn::INVALID);
+                if c >= final_lsn_v {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(MigrateError::Fatal(format!(
+                        "{}the targets did not apply everything up to {final_lsn} within {:?} (slot confirmed at {c}); is `pgrelay stream` healthy?",
+                        db(config),
+                        options.drain_timeout
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if Instant::now() > deadline {
-                return Err(MigrateError::Fatal(format!(
-                    "the targets did not apply everything up to {final_lsn} within {:?} (slot confirmed at {c}); is `pgrelay stream` healthy?",
-                    options.drain_timeout
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         steps_local.push(("drain".to_owned(), t.elapsed().as_millis()));
         let t = Instant::now();
 
-        // 4. Sequences.
-        let seqs = sequences(&source, config).await?;
+        // 4. Sequences, each database's from its own connection.
+        let mut sequence_count = 0;
         let mut targets = Vec::new();
-        for tc in &config.targets {
-            let c = pgrelay_source::connect_sql(&tc.config).await?;
-            copy_sequences(&source, &c, &seqs).await.map_err(|e| MigrateError::Fatal(format!("target {}: {e}", tc.name)))?;
-            targets.push(c);
+        for config in configs {
+            let db_source = if configs.len() == 1 {
+                None
+            } else {
+                Some(pgrelay_source::connect_sql(&config.source).await?)
+            };
+            let src = db_source.as_ref().unwrap_or(&source);
+            let seqs = sequences(src, config).await?;
+            sequence_count += seqs.len();
+            for tc in &config.targets {
+                let c = pgrelay_source::connect_sql(&tc.config).await?;
+                copy_sequences(src, &c, &seqs)
+                    .await
+                    .map_err(|e| MigrateError::sql(&format!("target {}: copying sequences", tc.name), e))?;
+                targets.push((config, c));
+            }
         }
         steps_local.push(("sync sequences".to_owned(), t.elapsed().as_millis()));
         let t = Instant::now();
@@ -179,25 +227,28 @@ pub async fn switchover(
         // 5. Verify.
         let mut verified = 0;
         if options.verify {
-            for tc in &config.targets {
-                let results = crate::verify::verify_target(config, tc, 0).await?;
-                let bad: Vec<String> = results.iter().filter(|r| !r.equal).map(|r| format!("{}.{}", r.schema, r.name)).collect();
-                if !bad.is_empty() {
-                    return Err(MigrateError::Fatal(format!(
-                        "target {} differs from the source in {}; run `pgrelay verify` for the ranges",
-                        tc.name,
-                        bad.join(", ")
-                    )));
+            for config in configs {
+                let mut per_target = 0;
+                for tc in &config.targets {
+                    let results = crate::verify::verify_target(config, tc, 0).await?;
+                    let bad: Vec<String> = results.iter().filter(|r| !r.equal).map(|r| format!("{}.{}", r.schema, r.name)).collect();
+                    if !bad.is_empty() {
+                        return Err(MigrateError::Fatal(format!(
+                            "target {} differs from the source in {}; run `pgrelay verify` for the ranges",
+                            tc.name,
+                            bad.join(", ")
+                        )));
+                    }
+                    per_target = results.len();
                 }
-                verified = results.len();
+                verified += per_target;
             }
             steps_local.push(("verify".to_owned(), t.elapsed().as_millis()));
         }
-        for (tc, c) in config.targets.iter().zip(&targets) {
+        for (config, c) in &targets {
             let _ = crate::phase::set(c, &config.slot, "switched over", Some(&final_lsn)).await;
-            let _ = tc;
         }
-        Ok((terminated, final_lsn, seqs.len(), verified, steps_local))
+        Ok((terminated, final_lsn, sequence_count, verified, steps_local))
     }
     .await;
     match result {
@@ -279,7 +330,8 @@ async fn unfence(source: &Client, fence: &Fence) -> Result<(), tokio_postgres::E
     Ok(())
 }
 
-/// Sequences in the schemas of the selected tables.
+/// Sequences in the schemas of the selected tables, but not those owned
+/// by a table the selection leaves out (`init` did not create them).
 async fn sequences(
     source: &Client,
     config: &StreamConfig,
@@ -297,12 +349,29 @@ async fn sequences(
     };
     let rows = source
         .query(
-            "SELECT schemaname::text, sequencename::text FROM pg_sequences WHERE schemaname = ANY($1) ORDER BY 1, 2",
+            "SELECT s.schemaname::text, s.sequencename::text, tn.nspname::text, t.relname::text
+               FROM pg_sequences s
+               JOIN pg_namespace sn ON sn.nspname = s.schemaname
+               JOIN pg_class sc ON sc.relnamespace = sn.oid AND sc.relname = s.sequencename
+               LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = sc.oid
+                    AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+               LEFT JOIN pg_class t ON t.oid = d.refobjid
+               LEFT JOIN pg_namespace tn ON tn.oid = t.relnamespace
+              WHERE s.schemaname = ANY($1) ORDER BY 1, 2",
             &[&schemas],
         )
         .await
         .map_err(|e| MigrateError::sql("listing sequences", e))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .filter(
+            |r| match (r.get::<_, Option<String>>(2), r.get::<_, Option<String>>(3)) {
+                (Some(s), Some(t)) => config.tables.matches(&s, &t),
+                _ => true,
+            },
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
 }
 
 /// Copies `last_value`/`is_called` of each sequence (setval on the target).

@@ -51,6 +51,10 @@ pub struct ValidateOptions {
     pub schema_copy: bool,
     /// Parallel copy connections the run will open per target.
     pub copy_workers: usize,
+    /// Slots the other pipelines of the same run (the other databases of
+    /// a multi-database configuration) will still create on this source:
+    /// they need free slots and WAL senders too.
+    pub other_slots: usize,
 }
 
 struct List {
@@ -140,7 +144,7 @@ pub async fn validate(config: &StreamConfig, options: ValidateOptions) -> Vec<Ch
     let mut source_major = 0;
     if let Some(c) = &source {
         source_major = server_major(c).await;
-        check_source(c, config, &mut src, &mut source_specs).await;
+        check_source(c, config, options, &mut src, &mut source_specs).await;
         // A replication connection needs its own pg_hba line.
         match pgrelay_source::ReplicationClient::connect(&config.source).await {
             Ok(r) => {
@@ -171,7 +175,13 @@ async fn server_major(c: &Client) -> u32 {
         .map_or(0, |v| (v / 10000) as u32)
 }
 
-async fn check_source(c: &Client, config: &StreamConfig, l: &mut List, specs: &mut Vec<TableSpec>) {
+async fn check_source(
+    c: &Client,
+    config: &StreamConfig,
+    options: ValidateOptions,
+    l: &mut List,
+    specs: &mut Vec<TableSpec>,
+) {
     let wal = setting(c, "wal_level").await.unwrap_or_default();
     l.push(
         "wal_level",
@@ -199,8 +209,10 @@ async fn check_source(c: &Client, config: &StreamConfig, l: &mut List, specs: &m
         .ok()
         .flatten()
         .is_some();
-    // The pipeline's slot plus a temporary one for catch-up copies.
-    let need = if slot_exists { 1 } else { 2 };
+    // The pipeline's slot plus a temporary one for catch-up copies, and
+    // the slots of the run's other pipelines not created yet.
+    let others = options.other_slots as i64;
+    let need = if slot_exists { 1 } else { 2 } + others;
     let free = slots_max - slots_used;
     l.push(
         "free replication slots",
@@ -231,7 +243,7 @@ async fn check_source(c: &Client, config: &StreamConfig, l: &mut List, specs: &m
         .unwrap_or(0);
     l.push(
         "free WAL senders",
-        if senders_max - senders_used >= 2 {
+        if senders_max - senders_used >= 2 + others {
             Verdict::Pass
         } else {
             Verdict::Fail
@@ -242,7 +254,7 @@ async fn check_source(c: &Client, config: &StreamConfig, l: &mut List, specs: &m
         ),
         Some(format!(
             "ALTER SYSTEM SET max_wal_senders = {}; then restart",
-            senders_used + 4
+            senders_used + 4 + others
         )),
     );
     let priv_row = c

@@ -7,6 +7,13 @@
 //! never shows a password. The same top-level shape (`source`, `targets`,
 //! `tables`, `listen`) is read by `pgrelay native`, which owns the
 //! `native:` section this parser accepts and ignores.
+//!
+//! `databases:` (or `--database`/`--exclude-database`) makes the file
+//! describe one pipeline per matching source database; [`load`] keeps the
+//! selection in [`StreamConfig::databases`] and [`crate::databases::expand`]
+//! turns it into the per-database configurations once the source's
+//! database list is known. Without it nothing changes: one pipeline, the
+//! slot named as written.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +23,7 @@ use pgrelay_config::ByteSize;
 use pgrelay_source::Config;
 use serde::Deserialize;
 
+use crate::databases::DatabaseSelection;
 use crate::select::TableSelection;
 
 /// Where `--config` is looked for when not given.
@@ -35,6 +43,9 @@ pub struct FileConfig {
     /// Tables to replicate.
     #[serde(default)]
     pub tables: Option<TablesSection>,
+    /// Source databases, one pipeline each (default: the source URL's).
+    #[serde(default)]
+    pub databases: Option<TablesSection>,
     /// Batching, queues and spilling.
     #[serde(default)]
     pub apply: ApplySection,
@@ -79,7 +90,8 @@ pub struct TargetSection {
     pub settings: Option<serde::de::IgnoredAny>,
 }
 
-/// `tables:` — either `{include, exclude}` or a plain list of includes.
+/// `tables:` (and `databases:`) — either `{include, exclude}` or a plain
+/// list of includes.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum TablesSection {
@@ -185,8 +197,15 @@ pub struct StreamConfig {
     pub publication: String,
     /// Targets, in file order.
     pub targets: Vec<TargetConfig>,
-    /// Tables.
+    /// Tables (bound to the source database, see [`TableSelection::for_database`]).
     pub tables: TableSelection,
+    /// `databases:`: still to be expanded into one pipeline per database
+    /// ([`crate::databases::expand`]); `None` for a single database and
+    /// for the expanded pipelines.
+    pub databases: Option<DatabaseSelection>,
+    /// The source database of a pipeline expanded from `databases:`
+    /// (its targets are named `TARGET/DATABASE`); `None` otherwise.
+    pub database: Option<String>,
     /// Batching and spilling.
     pub apply: ApplyConfig,
     /// HTTP listen address.
@@ -224,6 +243,8 @@ impl std::fmt::Debug for StreamConfig {
             .field("publication", &self.publication)
             .field("targets", &self.targets)
             .field("tables", &self.tables)
+            .field("databases", &self.databases)
+            .field("database", &self.database)
             .field("apply", &self.apply)
             .field("listen", &self.listen)
             .finish()
@@ -263,6 +284,10 @@ pub struct Overrides {
     pub include: Vec<String>,
     /// `--exclude`.
     pub exclude: Vec<String>,
+    /// `--database` (replaces `databases.include`).
+    pub databases: Vec<String>,
+    /// `--exclude-database` (adds to `databases.exclude`).
+    pub exclude_databases: Vec<String>,
     /// `--listen`.
     pub listen: Option<String>,
 }
@@ -313,26 +338,29 @@ fn parse_url(what: &str, url: &str) -> Result<Config, ConfigError> {
 }
 
 fn resolve(file: Option<FileConfig>, o: &Overrides) -> Result<StreamConfig, ConfigError> {
-    let (source_url, mut slot, mut publication, file_targets, tables, apply, listen) = match file {
-        Some(f) => (
-            Some(f.source.url),
-            f.source.slot,
-            f.source.publication,
-            f.targets,
-            f.tables,
-            f.apply,
-            f.listen,
-        ),
-        None => (
-            None,
-            None,
-            None,
-            Vec::new(),
-            None,
-            ApplySection::default(),
-            None,
-        ),
-    };
+    let (source_url, mut slot, mut publication, file_targets, tables, databases, apply, listen) =
+        match file {
+            Some(f) => (
+                Some(f.source.url),
+                f.source.slot,
+                f.source.publication,
+                f.targets,
+                f.tables,
+                f.databases,
+                f.apply,
+                f.listen,
+            ),
+            None => (
+                None,
+                None,
+                None,
+                Vec::new(),
+                None,
+                None,
+                ApplySection::default(),
+                None,
+            ),
+        };
     let source_url = o.source.clone().or(source_url).ok_or_else(|| {
         ConfigError::Invalid(
             "no source: pass --source URL or write source.url in pgrelay.yml (--config FILE)"
@@ -419,6 +447,30 @@ fn resolve(file: Option<FileConfig>, o: &Overrides) -> Result<StreamConfig, Conf
     exclude.extend(o.exclude.iter().cloned());
     let tables = TableSelection::new(include, exclude).map_err(ConfigError::Invalid)?;
 
+    let databases = match (
+        databases,
+        o.databases.is_empty() && o.exclude_databases.is_empty(),
+    ) {
+        (None, true) => None,
+        (file, _) => {
+            let (mut include, mut exclude) = match file {
+                None => (Vec::new(), Vec::new()),
+                Some(TablesSection::List(l)) => (l, Vec::new()),
+                Some(TablesSection::Map(m)) => (m.include, m.exclude),
+            };
+            if !o.databases.is_empty() {
+                include = o.databases.clone();
+            }
+            exclude.extend(o.exclude_databases.iter().cloned());
+            Some(DatabaseSelection::new(include, exclude).map_err(ConfigError::Invalid)?)
+        }
+    };
+    // A single database: qualified table patterns apply when they name it.
+    let tables = match databases {
+        None => tables.for_database(&source.dbname),
+        Some(_) => tables,
+    };
+
     let listen = o.listen.clone().or(listen);
     let listen = match listen {
         None => None,
@@ -439,6 +491,8 @@ fn resolve(file: Option<FileConfig>, o: &Overrides) -> Result<StreamConfig, Conf
         publication,
         targets,
         tables,
+        databases,
+        database: None,
         apply: ApplyConfig {
             max_batch_rows: apply.max_batch_rows,
             max_batch_bytes: usize::try_from(apply.max_batch_bytes.0).unwrap_or(usize::MAX),
@@ -513,5 +567,43 @@ listen: "127.0.0.1:9187"
         .unwrap_err()
         .to_string()
         .contains("no targets"));
+    }
+
+    #[test]
+    fn databases_key() {
+        let text = r#"
+source: { url: "postgres://u@h/postgres" }
+targets: [{ name: new, url: "postgres://u@t/postgres" }]
+databases: { include: ["app*"], exclude: ["app_old"] }
+"#;
+        let c = from_yaml(text, "f.yml", &Overrides::default()).unwrap();
+        let d = c.databases.expect("databases");
+        assert!(d.matches("app1"));
+        assert!(!d.matches("app_old"));
+        assert!(!d.matches("billing"));
+        let list = "source: { url: \"host=h\" }\ntargets: [{ name: n, url: \"host=t\" }]\ndatabases: [a, b]\n";
+        let c = from_yaml(list, "f.yml", &Overrides::default()).unwrap();
+        assert!(c.databases.as_ref().unwrap().matches("b"));
+        // Flags alone switch it on; --database replaces the file's includes.
+        let o = Overrides {
+            exclude_databases: vec!["b".into()],
+            ..Default::default()
+        };
+        let c = from_yaml(list, "f.yml", &o).unwrap();
+        let d = c.databases.unwrap();
+        assert!(d.matches("a") && !d.matches("b"));
+        let o = Overrides {
+            databases: vec!["x".into()],
+            ..Default::default()
+        };
+        let c = from_yaml(list, "f.yml", &o).unwrap();
+        assert!(c.databases.unwrap().matches("x"));
+        // Without databases: nothing changes.
+        let single = "source: { url: \"host=h dbname=app\" }\ntargets: [{ name: n, url: \"host=t\" }]\ntables: { exclude: [app.public.a, other.public.b] }\n";
+        let c = from_yaml(single, "f.yml", &Overrides::default()).unwrap();
+        assert!(c.databases.is_none() && c.database.is_none());
+        assert_eq!(c.slot, "pgrelay");
+        assert!(!c.tables.matches("public", "a"));
+        assert!(c.tables.matches("public", "b"));
     }
 }

@@ -2,7 +2,8 @@
 //! targets, each applied in batches with its own durable progress.
 //!
 //! Layers (each its own module):
-//! * [`config`]: the YAML file and flags; [`select`]: which tables.
+//! * [`config`]: the YAML file and flags; [`select`]: which tables;
+//!   [`databases`]: one pipeline per selected source database.
 //! * [`sync`]: preflight, publication, slot, initial copy (pgrelay-copy).
 //! * [`source`]: the replication connection, pgoutput decode and
 //!   reassembly (pgrelay-pgoutput), dispatch to every target's [`log`].
@@ -21,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod databases;
 pub mod log;
 pub mod select;
 pub mod source;
@@ -90,7 +92,9 @@ impl Pipeline {
             .iter()
             .map(|t| Arc::new(TargetState::new(&t.name, Lsn::INVALID)))
             .collect();
-        let state = Arc::new(PipelineState::new(&config.slot, targets));
+        let mut state = PipelineState::new(&config.slot, targets);
+        state.database = config.database.clone();
+        let state = Arc::new(state);
         Pipeline { config, state }
     }
 

@@ -101,7 +101,11 @@ impl SourceReader {
                 Err(StreamError::Source(e)) if e.is_transient() => {
                     self.state.set_source_connected(false);
                     tracing::warn!(error = %e, retry_in = ?delay, "source connection lost; reconnecting");
-                    metrics::counter!("pgrelay_source_reconnects_total").increment(1);
+                    metrics::counter!(
+                        "pgrelay_source_reconnects_total",
+                        &self.state.source_labels()
+                    )
+                    .increment(1);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.changed() => {}
@@ -165,6 +169,7 @@ impl SourceReader {
         let mut reassembler = Reassembler::new(spill, self.transaction_memory);
         let mut mid_group = false;
         let mut received_since_tick = false;
+        let received_labels = self.state.source_labels();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
@@ -200,7 +205,8 @@ impl SourceReader {
                 Err(e) => break Err(e.into()),
             };
             received_since_tick = true;
-            metrics::counter!("pgrelay_received_bytes_total").increment(data.data.len() as u64);
+            metrics::counter!("pgrelay_received_bytes_total", &received_labels)
+                .increment(data.data.len() as u64);
             let msg = match decoder.decode(&data.data) {
                 Ok(m) => m,
                 Err(e) => {

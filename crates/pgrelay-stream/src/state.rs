@@ -173,6 +173,10 @@ impl TargetState {
 pub struct PipelineState {
     /// Slot (pipeline) name.
     pub slot: String,
+    /// The source database, for a pipeline of a multi-database
+    /// configuration: the `database` label of the source-side metrics,
+    /// which would otherwise mix several pipelines of one process.
+    pub database: Option<String>,
     /// Targets in configuration order.
     pub targets: Vec<std::sync::Arc<TargetState>>,
     source_connected: AtomicBool,
@@ -190,6 +194,7 @@ impl PipelineState {
     pub fn new(slot: &str, targets: Vec<std::sync::Arc<TargetState>>) -> Self {
         PipelineState {
             slot: slot.to_owned(),
+            database: None,
             targets,
             source_connected: AtomicBool::new(false),
             wal_end: AtomicU64::new(0),
@@ -248,10 +253,20 @@ impl PipelineState {
             .unwrap_or(Lsn::INVALID)
     }
 
+    /// Labels of the pipeline-wide (source-side) series: none for a
+    /// single pipeline, `database` for one of several.
+    pub fn source_labels(&self) -> Vec<(&'static str, String)> {
+        match &self.database {
+            Some(d) => vec![("database", d.clone())],
+            None => Vec::new(),
+        }
+    }
+
     /// Makes every series exist from the start (at zero), so dashboards
     /// and alerts see them before the first change flows.
     pub fn register_metrics(&self) {
-        metrics::counter!("pgrelay_received_bytes_total").increment(0);
+        let source = self.source_labels();
+        metrics::counter!("pgrelay_received_bytes_total", &source).increment(0);
         for t in &self.targets {
             metrics::counter!("pgrelay_applied_transactions_total", "target" => t.name.clone())
                 .increment(0);
@@ -279,15 +294,20 @@ impl PipelineState {
             });
             metrics::gauge!("pgrelay_applied_lsn", &labels).set(t.applied().0 as f64);
         }
-        metrics::gauge!("pgrelay_source_up").set(
+        let source = self.source_labels();
+        metrics::gauge!("pgrelay_source_up", &source).set(
             if self.source_connected.load(Ordering::Relaxed) {
                 1.0
             } else {
                 0.0
             },
         );
-        metrics::gauge!("pgrelay_source_stalled").set(if self.stalled() { 1.0 } else { 0.0 });
-        metrics::gauge!("pgrelay_slot_retained_bytes")
+        metrics::gauge!("pgrelay_source_stalled", &source).set(if self.stalled() {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!("pgrelay_slot_retained_bytes", &source)
             .set(wal_end.0.saturating_sub(self.confirmable().0) as f64);
     }
 
@@ -318,7 +338,7 @@ impl PipelineState {
             })
             .collect();
         let phase = *self.phase.lock().expect("lock");
-        let doc = json!({
+        let mut doc = json!({
             "status": if healthy { "ok" } else { "degraded" },
             "phase": phase,
             "slot": self.slot,
@@ -331,6 +351,9 @@ impl PipelineState {
             "uptime_seconds": now.duration_since(self.started).map_or(0, |d| d.as_secs()),
             "targets": targets,
         });
+        if let Some(d) = &self.database {
+            doc["database"] = json!(d);
+        }
         (healthy, doc)
     }
 }
