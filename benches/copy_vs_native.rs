@@ -17,10 +17,20 @@
 //! * `dump|restore`: `pg_dump -Fc --data-only | pg_restore --data-only`
 //!   (PostgreSQL 15 tools) into the pre-created schema.
 //!
+//! Two more methods measure the migration path, where the keys are built
+//! after the data (what `pgrelay init` and a plain `pg_restore` do; a
+//! native subscription cannot, its tables must exist with their keys):
+//!
+//! * `pgrelay init-path`: pre-data only (no keys), `copy_tables`, then the
+//!   post-data (primary keys) on `PGRELAY_BENCH_WORKERS` connections, all
+//!   timed;
+//! * `dump|restore full`: `pg_dump -Fc | pg_restore` of schema and data
+//!   into an empty database (its keys are built after the data too).
+//!
 //! Each database is dropped after its measurement. Methods rotate order
 //! every round; the report gives every run and the medians, in rows per
 //! second over all four pgbench tables, and the ratios pgrelay / native and
-//! pgrelay / dump (goal: pgrelay / native ≥ 1.3).
+//! pgrelay / dump (goal: pgrelay / native ≥ 1.3, pgrelay / dump ≥ 1.5).
 //!
 //! Run: `PGRELAY_BENCH_SCALE=20 cargo bench --bench copy_vs_native`
 //! (`PGRELAY_BENCH_ROUNDS`, default 3).
@@ -52,7 +62,13 @@ fn config(port: u16, db: &str) -> Config {
     .expect("config")
 }
 
-const METHODS: [&str; 3] = ["pgrelay-copy", "native", "dump|restore"];
+const METHODS: [&str; 5] = [
+    "pgrelay-copy",
+    "native",
+    "dump|restore",
+    "pgrelay init-path",
+    "dump|restore full",
+];
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -105,6 +121,17 @@ fn main() {
     let schema = String::from_utf8(schema.stdout).expect("utf-8 schema");
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // The schema split at the data, as `pgrelay init` copies it.
+    let split = rt.block_on(async {
+        let client = source.connect("bench").await;
+        pgrelay_schema::dump_schema(
+            &config(source.port(), "bench"),
+            &client,
+            &pgrelay_schema::SchemaOptions::default(),
+        )
+        .await
+        .expect("schema dump")
+    });
     let tables: Vec<TableCopy> = [
         "pgbench_accounts",
         "pgbench_branches",
@@ -136,13 +163,41 @@ fn main() {
     for round in 0..rounds {
         for i in 0..METHODS.len() {
             let method = METHODS[(i + round) % METHODS.len()];
-            let db = format!("r{round}_{}", method.replace(['-', '|'], "_"));
+            let db = format!("r{round}_{}", method.replace(['-', '|', ' '], "_"));
             target.create_database(&db);
-            psql(&tools, target.port(), &db, &schema);
             let took = match method {
-                "pgrelay-copy" => rt.block_on(pgrelay(&source, &target, &db, &tables, workers)),
-                "native" => native(&source, &target, &db, round),
-                _ => dump_restore(&tools, &source, &target, &db),
+                "pgrelay-copy" => {
+                    psql(&tools, target.port(), &db, &schema);
+                    rt.block_on(pgrelay(&source, &target, &db, &tables, workers))
+                }
+                "native" => {
+                    psql(&tools, target.port(), &db, &schema);
+                    native(&source, &target, &db, round)
+                }
+                "dump|restore" => {
+                    psql(&tools, target.port(), &db, &schema);
+                    dump_restore(&tools, &source, &target, &db, true)
+                }
+                "pgrelay init-path" => rt.block_on(async {
+                    let client = target.connect(&db).await;
+                    pgrelay_schema::apply_pre_data(&client, &split)
+                        .await
+                        .expect("pre-data");
+                    drop(client);
+                    let copy = pgrelay(&source, &target, &db, &tables, workers).await;
+                    let started = Instant::now();
+                    pgrelay_schema::apply_post_data(&config(target.port(), &db), &split, workers)
+                        .await
+                        .expect("post-data");
+                    let keys = started.elapsed();
+                    eprintln!(
+                        "  init-path: copy {:.2} s + keys {:.2} s",
+                        copy.as_secs_f64(),
+                        keys.as_secs_f64()
+                    );
+                    copy + keys
+                }),
+                _ => dump_restore(&tools, &source, &target, &db, false),
             };
             let copied: u64 = target
                 .scalar_blocking(
@@ -159,7 +214,7 @@ fn main() {
                 rows as f64 / took.as_secs_f64()
             );
             results.push((method, took));
-            target.execute_blocking("postgres", &format!("DROP DATABASE \"{db}\""));
+            target.execute_blocking("postgres", &format!("DROP DATABASE \"{db}\" WITH (FORCE)"));
             target.execute_blocking("postgres", "CHECKPOINT");
         }
     }
@@ -186,9 +241,17 @@ fn main() {
     }
     let ours = med("pgrelay-copy").as_secs_f64();
     println!(
-        "  ratio pgrelay-copy / native {:.2}, pgrelay-copy / dump|restore {:.2}",
+        "  keys present during the load: ratio pgrelay-copy / native {:.2}, \
+         pgrelay-copy / dump|restore {:.2}",
         med("native").as_secs_f64() / ours,
         med("dump|restore").as_secs_f64() / ours
+    );
+    let init = med("pgrelay init-path").as_secs_f64();
+    println!(
+        "  migration path (keys after the data; native cannot): ratio pgrelay init-path / native \
+         {:.2}, pgrelay init-path / dump|restore full {:.2}",
+        med("native").as_secs_f64() / init,
+        med("dump|restore full").as_secs_f64() / init
     );
 }
 
@@ -305,7 +368,20 @@ fn native(source: &Cluster, target: &Cluster, db: &str, round: usize) -> Duratio
     took
 }
 
-fn dump_restore(tools: &PgInstall, source: &Cluster, target: &Cluster, db: &str) -> Duration {
+/// `pg_dump -Fc | pg_restore`: data only into the pre-created schema, or
+/// (`data_only` false) schema, data and post-data into an empty database.
+fn dump_restore(
+    tools: &PgInstall,
+    source: &Cluster,
+    target: &Cluster,
+    db: &str,
+    data_only: bool,
+) -> Duration {
+    let only: &[&str] = if data_only {
+        &["--data-only"]
+    } else {
+        &["--no-publications"]
+    };
     let started = Instant::now();
     let mut dump = Command::new(tools.tool("pg_dump"))
         .args([
@@ -316,7 +392,9 @@ fn dump_restore(tools: &PgInstall, source: &Cluster, target: &Cluster, db: &str)
             "-U",
             "postgres",
         ])
-        .args(["-Fc", "--data-only", "bench"])
+        .arg("-Fc")
+        .args(only)
+        .arg("bench")
         .stdout(Stdio::piped())
         .spawn()
         .expect("pg_dump");
@@ -329,7 +407,12 @@ fn dump_restore(tools: &PgInstall, source: &Cluster, target: &Cluster, db: &str)
             "-U",
             "postgres",
         ])
-        .args(["--data-only", "-d", db])
+        .args(if data_only {
+            &["--data-only"][..]
+        } else {
+            &[][..]
+        })
+        .args(["-d", db])
         .stdin(dump.stdout.take().expect("dump stdout"))
         .status()
         .expect("pg_restore");
