@@ -548,7 +548,7 @@ impl Applier {
     /// change.
     fn deferrable(&self, ti: usize, old: Option<&OldTuple>, new: &Tuple) -> Option<Vec<Value>> {
         let t = &self.tables[ti];
-        if !t.independent {
+        if !t.mergeable {
             return None;
         }
         let mut key = Vec::new();
