@@ -49,7 +49,8 @@
 //! of the times (and of walsender CPU for `fanout`).
 //!
 //! Run: `cargo bench --bench stream_vs_native`
-//! (`PGRELAY_BENCH_SCENARIOS=bigtxn,small PGRELAY_BENCH_ROUNDS=5 ...`).
+//! (`PGRELAY_BENCH_SCENARIOS=bigtxn,small PGRELAY_BENCH_ROUNDS=5 ...`;
+//! `PGRELAY_BENCH_PERF=DIR` records a `perf` profile of every pgrelay drain).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -408,7 +409,13 @@ impl Bench {
         let src = self.source.connect(&src_db).await;
         let started = Instant::now();
         let mut p = Pgrelay::start(&config, self.work.path(), &format!("{tag}_drain"), None);
+        let perf = profile(p.pid(), tag);
         let walsender_cpu = wait_markers(&clients, &src, started, &mut p).await;
+        if let Some(mut perf) = perf {
+            // SAFETY: SIGINT to the perf process we spawned.
+            unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+            let _ = perf.wait();
+        }
         let secs = started.elapsed().as_secs_f64();
         let pgrelay_cpu = proc_cpu(p.pid()).unwrap_or(0.0);
         p.stop();
@@ -636,6 +643,20 @@ impl Bench {
         drop(up);
         self.drop_dbs(&src_db, std::slice::from_ref(&up_db));
     }
+}
+
+/// With `PGRELAY_BENCH_PERF=DIR`, `perf record -g` of the drain's pgrelay
+/// process into `DIR/<run>.data` (for profiling, not for the numbers:
+/// perf itself costs CPU).
+fn profile(pid: u32, tag: &str) -> Option<Child> {
+    let dir = std::env::var("PGRELAY_BENCH_PERF").ok()?;
+    Command::new("perf")
+        .args(["record", "-g", "-F", "999", "-p", &pid.to_string(), "-o"])
+        .arg(Path::new(&dir).join(format!("{tag}.data")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
 }
 
 fn run(c: &mut Command) {
