@@ -223,9 +223,22 @@ pub async fn drop_pipeline(client: &Client, pipeline: &str) -> Result<(), ApplyE
             )
             .await?
             .get(0);
-        if !left {
+        if to_regclass(client, "pgrelay.verify_pause").await? {
             client
-                .batch_execute("DROP TABLE pgrelay.progress, pgrelay.table_sync")
+                .execute(
+                    "DELETE FROM pgrelay.verify_pause WHERE pipeline = $1",
+                    &[&pipeline],
+                )
+                .await?;
+        }
+        if !left {
+            // verify_pause is pgrelay's too (the streamer's handshake with
+            // `pgrelay verify`): without a pipeline it has no use.
+            client
+                .batch_execute(
+                    "DROP TABLE pgrelay.progress, pgrelay.table_sync; \
+                     DROP TABLE IF EXISTS pgrelay.verify_pause",
+                )
                 .await?;
             let others: bool = client
                 .query_one(
@@ -252,4 +265,11 @@ pub async fn drop_pipeline(client: &Client, pipeline: &str) -> Result<(), ApplyE
         return Err(ApplyError::from_pg(&e, c()));
     }
     Ok(())
+}
+
+async fn to_regclass(client: &Client, name: &str) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await?
+        .get(0))
 }
