@@ -148,10 +148,39 @@ struct Deferred {
 
 struct InsertRun {
     table: usize,
-    /// Each row with the commit LSN of its source transaction.
+    /// Each row with the commit LSN of its source transaction, while the
+    /// run is too short for COPY (it may still be sent as INSERTs).
     rows: Vec<(Lsn, Tuple)>,
     bytes: usize,
     all_text: bool,
+    /// Once the run is long enough for COPY (and all text): the COPY text
+    /// of its rows, encoded as they arrive (`rows` is then empty), so the
+    /// rows need not be cloned and kept.
+    copy: BytesMut,
+    /// Rows encoded into `copy`.
+    copied: usize,
+    first_lsn: Lsn,
+    last_lsn: Lsn,
+}
+
+impl InsertRun {
+    fn len(&self) -> usize {
+        self.rows.len() + self.copied
+    }
+}
+
+/// Appends `row` to `buf` as one line of COPY text format.
+fn encode_copy_row(buf: &mut BytesMut, row: &Tuple) {
+    for (i, v) in row.values().iter().enumerate() {
+        if i > 0 {
+            buf.put_u8(b'\t');
+        }
+        match v {
+            Value::Text(b) => copy_escape_into(buf, b),
+            _ => buf.put_slice(b"\\N"),
+        }
+    }
+    buf.put_u8(b'\n');
 }
 
 /// Applies source transactions to one target. See the crate docs.
@@ -548,7 +577,7 @@ impl Applier {
     /// change.
     fn deferrable(&self, ti: usize, old: Option<&OldTuple>, new: &Tuple) -> Option<Vec<Value>> {
         let t = &self.tables[ti];
-        if !t.independent {
+        if !t.mergeable {
             return None;
         }
         let mut key = Vec::new();
@@ -803,19 +832,46 @@ impl Applier {
         {
             return Err(self.unchanged_toast_error(ti, lsn, "insert"));
         }
-        if self.run.as_ref().is_some_and(|r| r.table != ti) {
+        let binary = new.values().iter().any(|v| matches!(v, Value::Binary(_)));
+        // Another table's run, or a binary row after rows already encoded
+        // as COPY text: send what is buffered first (order is kept).
+        if self
+            .run
+            .as_ref()
+            .is_some_and(|r| r.table != ti || (binary && r.copied > 0))
+        {
             self.flush_run().await?;
         }
+        let copy_min_rows = self.copy_min_rows;
         let run = self.run.get_or_insert_with(|| InsertRun {
             table: ti,
             rows: Vec::new(),
             bytes: 0,
             all_text: true,
+            copy: BytesMut::new(),
+            copied: 0,
+            first_lsn: lsn,
+            last_lsn: lsn,
         });
         run.bytes += new.payload_len();
-        run.all_text &= !new.values().iter().any(|v| matches!(v, Value::Binary(_)));
-        run.rows.push((lsn, new.clone()));
-        if run.rows.len() >= RUN_MAX_ROWS || run.bytes >= RUN_MAX_BYTES {
+        run.all_text &= !binary;
+        run.last_lsn = lsn;
+        if run.copied > 0 {
+            encode_copy_row(&mut run.copy, new);
+            run.copied += 1;
+        } else {
+            run.rows.push((lsn, new.clone()));
+            if run.rows.len() >= copy_min_rows && run.all_text {
+                // Long enough for COPY: encode from now on.
+                let mut buf = BytesMut::with_capacity(RUN_MAX_BYTES.min(run.bytes * 4));
+                for (_, row) in run.rows.drain(..) {
+                    encode_copy_row(&mut buf, &row);
+                    run.copied += 1;
+                }
+                run.copy = buf;
+            }
+        }
+        if run.len() >= RUN_MAX_ROWS || run.bytes >= RUN_MAX_BYTES {
             self.flush_run().await?;
         }
         Ok(())
@@ -828,7 +884,7 @@ impl Applier {
             return Ok(());
         };
         let ti = run.table;
-        if run.rows.len() >= self.copy_min_rows && run.all_text {
+        if run.copied > 0 || (run.rows.len() >= self.copy_min_rows && run.all_text) {
             return self.copy_run(run).await;
         }
         // Multi-row INSERTs of INSERT_ROWS[i] rows, largest first: fewer
@@ -857,25 +913,14 @@ impl Applier {
         Ok(())
     }
 
-    async fn copy_run(&mut self, run: InsertRun) -> Result<(), ApplyError> {
+    async fn copy_run(&mut self, mut run: InsertRun) -> Result<(), ApplyError> {
         let ti = run.table;
-        let first_lsn = run.rows[0].0;
-        let last_lsn = run.rows[run.rows.len() - 1].0;
+        let (first_lsn, last_lsn, count) = (run.first_lsn, run.last_lsn, run.len());
         let stmt = self.statement(ti, &[K_COPY], first_lsn).await?;
         self.pipeline.drain().await?;
-        let ncols = self.tables[ti].cols.len();
-        let mut buf = BytesMut::with_capacity(run.bytes + run.rows.len() * (ncols * 2 + 1));
+        let mut buf = std::mem::take(&mut run.copy);
         for (_, row) in &run.rows {
-            for (i, v) in row.values().iter().enumerate() {
-                if i > 0 {
-                    buf.put_u8(b'\t');
-                }
-                match v {
-                    Value::Text(b) => copy_escape_into(&mut buf, b),
-                    _ => buf.put_slice(b"\\N"),
-                }
-            }
-            buf.put_u8(b'\n');
+            encode_copy_row(&mut buf, row);
         }
         let client = self.client.clone();
         let data = buf.freeze();
@@ -893,8 +938,7 @@ impl Applier {
                     table: Some(self.tables[ti].display.to_string()),
                     commit_lsn: Some(first_lsn),
                     operation: format!(
-                        "COPY of {} inserted rows (source transactions {first_lsn} to {last_lsn})",
-                        run.rows.len()
+                        "COPY of {count} inserted rows (source transactions {first_lsn} to {last_lsn})"
                     ),
                 },
             )

@@ -74,13 +74,20 @@ pub(crate) struct Table {
     pub cols: Vec<TargetColumn>,
     pub sync: Sync,
     pub stmts: HashMap<Vec<u8>, Statement>,
-    /// Updates of this table by an unchanged key may be deferred and
-    /// merged within a target transaction: nothing can observe the order of
-    /// its row changes relative to other tables or other keys (no trigger
-    /// fires, no rule, no inheritance, no unique or exclusion constraint
-    /// other than on the key columns, and `session_replication_role =
-    /// replica` so foreign keys are not checked).
+    /// Nothing can observe the order of this table's row changes relative
+    /// to other tables' or other keys' (no trigger fires, no rule, no
+    /// inheritance, no unique or exclusion constraint other than on the
+    /// replica identity columns, and `session_replication_role = replica`
+    /// so foreign keys are not checked): other tables' deferred updates
+    /// need not be sent before its changes, and its buffered inserts need
+    /// not be sent before other tables' updates are deferred. True also
+    /// for REPLICA IDENTITY FULL tables (e.g. an insert-only log table
+    /// without any unique index), whose own updates are never deferred.
     pub independent: bool,
+    /// Updates of this table by an unchanged key may be deferred and
+    /// merged within a target transaction: independent, and a key-based
+    /// replica identity (merging needs a key; FULL matches whole rows).
+    pub mergeable: bool,
 }
 
 /// Statement keys start with one of these.
@@ -219,12 +226,12 @@ impl Table {
             Some(_) => Sync::Copying,
         };
         let independent = replica_role
-            && rel.replica_identity != ReplicaIdentity::Full
             && Self::independent(client, rel)
                 .await
                 .map_err(|e| ApplyError::from_pg(&e, ctx("reading the target table's indexes")))?;
         Ok(Table {
             independent,
+            mergeable: independent && rel.replica_identity != ReplicaIdentity::Full,
             rel: rel.clone(),
             display,
             qualified: quote_qualified(schema, &rel.name),

@@ -174,6 +174,11 @@ impl Connection {
         &mut self.wbuf
     }
 
+    /// Received bytes not yet split into frames.
+    pub(crate) fn buffered(&self) -> &[u8] {
+        &self.rbuf
+    }
+
     pub(crate) fn has_pending_writes(&self) -> bool {
         !self.wbuf.is_empty()
     }

@@ -195,6 +195,25 @@ impl LogicalStream {
         }
     }
 
+    /// Whether a complete XLogData message is already buffered, so that
+    /// [`LogicalStream::next`] returns it without reading the socket. A
+    /// consumer batching its own wake-ups (e.g. notifying other tasks once
+    /// per read instead of once per message) flushes them when this is
+    /// false, before `next` may wait.
+    pub fn has_buffered_data(&mut self) -> bool {
+        if self.state != State::Streaming {
+            return false;
+        }
+        let b = self.client.conn_mut().buffered();
+        // CopyData: 'd', i32 length (including itself), then 'w' for XLogData.
+        match b.get(..6) {
+            Some(&[b'd', l0, l1, l2, l3, b'w']) => {
+                usize::try_from(i32::from_be_bytes([l0, l1, l2, l3])).is_ok_and(|len| b.len() > len)
+            }
+            _ => false,
+        }
+    }
+
     /// The next XLogData, or `None` once the stream ended cleanly (after
     /// the server ended COPY, e.g. because it is shutting down: reconnect
     /// to continue). Sends status updates as described in the module docs.

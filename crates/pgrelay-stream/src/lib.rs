@@ -302,6 +302,7 @@ impl Pipeline {
             spill_dir: config.apply.spill_dir.clone(),
             transaction_memory: config.apply.transaction_memory,
             max_retry_delay: config.apply.max_retry_delay,
+            unnotified: Default::default(),
         };
         let result = reader.run(source_stop).await;
         let _ = worker_stop_tx.send(true);

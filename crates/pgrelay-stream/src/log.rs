@@ -178,11 +178,27 @@ impl TargetLog {
         self.mem.is_empty() && self.segments.is_empty() && self.open.is_none()
     }
 
+    /// Whether part of the log is on disk (later events then go there too).
+    pub fn spilling(&self) -> bool {
+        !self.segments.is_empty() || self.open.is_some()
+    }
+
+    /// Whether events in memory wait to be read.
+    pub fn has_unread_memory(&self) -> bool {
+        self.mem_read < self.mem.len()
+    }
+
+    /// Whether [`TargetLog::push`] would keep `event` in memory now.
+    pub fn fits_in_memory(&self, event: &Event) -> bool {
+        let disk_in_use = !self.segments.is_empty() || self.open.is_some();
+        !disk_in_use
+            && (self.mem_bytes + event.mem_size() <= self.memory_limit || self.mem.is_empty())
+    }
+
     /// Appends an event.
     pub fn push(&mut self, event: &Event) -> Result<Pushed, LogError> {
         let size = event.mem_size();
-        let disk_in_use = !self.segments.is_empty() || self.open.is_some();
-        if !disk_in_use && (self.mem_bytes + size <= self.memory_limit || self.mem.is_empty()) {
+        if self.fits_in_memory(event) {
             self.mem.push_back((event.clone(), size));
             self.mem_bytes += size;
             return Ok(Pushed::Memory);

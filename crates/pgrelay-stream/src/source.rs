@@ -22,7 +22,7 @@
 //! (protocol-replication).
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +50,12 @@ pub const MARKER_PREFIX: &str = "pgrelay";
 const CHUNK_CHANGES: usize = 1000;
 /// Bytes per dispatched chunk.
 const CHUNK_BYTES: usize = 1 << 20;
+/// How long the reader waits for a connected target to make room in its
+/// log's memory before spilling its backlog to disk.
+const SPILL_PATIENCE: Duration = Duration::from_secs(1);
+/// Events dispatched before the targets are woken even though more
+/// messages are already buffered (see [`SourceReader::dispatch`]).
+const NOTIFY_EVERY: usize = 256;
 
 /// The reader's settings.
 pub struct SourceReader {
@@ -71,6 +77,8 @@ pub struct SourceReader {
     pub transaction_memory: usize,
     /// Backoff cap.
     pub max_retry_delay: Duration,
+    /// Events pushed to the logs since the targets were last woken.
+    pub unnotified: AtomicUsize,
 }
 
 struct Cursor {
@@ -177,6 +185,7 @@ impl SourceReader {
                 biased;
                 _ = shutdown.changed() => break Ok(()),
                 _ = tick.tick() => {
+                    self.notify_targets();
                     self.state.set_wal_end(stream.server_wal_end());
                     let stats = reassembler.stats();
                     let idle = !received_since_tick && !mid_group
@@ -192,7 +201,15 @@ impl SourceReader {
                     stream.set_flushed(self.state.confirmable());
                     continue;
                 }
-                r = stream.next() => r,
+                r = async {
+                    // Wake the targets before waiting for the socket, not
+                    // for every event: a wake-up per message (three per
+                    // small transaction) costs more than the apply work.
+                    if !stream.has_buffered_data() {
+                        self.notify_targets();
+                    }
+                    stream.next().await
+                } => r,
             };
             let data = match data {
                 Ok(Some(d)) => d,
@@ -328,8 +345,71 @@ impl SourceReader {
         }
     }
 
+    /// Wakes every target that may have unread events.
+    fn notify_targets(&self) {
+        if self.unnotified.swap(0, Ordering::Relaxed) == 0 {
+            return;
+        }
+        for t in &self.targets {
+            t.data.notify_one();
+        }
+    }
+
+    /// Waits (at most [`SPILL_PATIENCE`]) while `t` is connected and its
+    /// log has no memory left for `event`. A target that is merely behind
+    /// frees memory at its next commit; spilling its backlog instead would
+    /// make it slower still (every later event encoded, written, read and
+    /// decoded until it catches up, which a busy source never lets it do),
+    /// so a connected target paces the reader, and only a target that is
+    /// down or stuck gets its backlog spilled. A single source transaction
+    /// larger than the log's memory still spills (its events stay in
+    /// memory until the target commits it), as soon as waiting cannot help.
+    async fn wait_for_memory(
+        &self,
+        t: &TargetHandle,
+        event: &Event,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), StreamError> {
+        let deadline = tokio::time::Instant::now() + SPILL_PATIENCE;
+        loop {
+            if !t.state.connected() || t.closed.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let space = self.space.notified();
+            tokio::pin!(space);
+            // Registered before the check, so a commit in between is seen.
+            space.as_mut().enable();
+            {
+                let log = t.log.lock().expect("log lock");
+                if log.fits_in_memory(event) || log.spilling() {
+                    return Ok(());
+                }
+                // Room appears only when the target commits. Inside a
+                // source transaction it cannot before this transaction's
+                // commit arrives, so once it has read everything there is
+                // nothing to wait for; between transactions it commits
+                // when it runs out of events.
+                let between = matches!(event, Event::Begin(_) | Event::Position(_));
+                if !between && !log.has_unread_memory() {
+                    return Ok(());
+                }
+            }
+            // The target must read what it has to make room.
+            self.unnotified.fetch_add(1, Ordering::Relaxed);
+            self.notify_targets();
+            tokio::select! {
+                _ = &mut space => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(()),
+                _ = shutdown.changed() => return Err(StreamError::ShuttingDown),
+            }
+        }
+    }
+
     /// Pushes one event to every live target's log, waiting while the
-    /// spill budget is full.
+    /// spill budget is full. The targets are woken per chunk of changes
+    /// (so a large transaction is applied while it is still being read),
+    /// every [`NOTIFY_EVERY`] events, and whenever the reader is about to
+    /// wait (for the socket, the tick, or spill space).
     async fn dispatch(
         &self,
         event: &Event,
@@ -339,6 +419,7 @@ impl SourceReader {
             if t.closed.load(Ordering::Acquire) {
                 continue;
             }
+            self.wait_for_memory(t, event, shutdown).await?;
             let mut warned = false;
             loop {
                 let pushed = {
@@ -357,6 +438,9 @@ impl SourceReader {
                             warned = true;
                         }
                         self.state.set_stalled(true);
+                        // The targets must drain for space to appear.
+                        self.unnotified.fetch_add(1, Ordering::Relaxed);
+                        self.notify_targets();
                         let space = self.space.notified();
                         tokio::select! {
                             _ = space => {}
@@ -379,7 +463,10 @@ impl SourceReader {
                 self.state.set_stalled(false);
                 tracing::info!(target_name = %t.state.name, "spill space available again; reading from the source");
             }
-            t.data.notify_one();
+        }
+        let n = self.unnotified.fetch_add(1, Ordering::Relaxed) + 1;
+        if matches!(event, Event::Changes(_)) || n >= NOTIFY_EVERY {
+            self.notify_targets();
         }
         Ok(())
     }
