@@ -50,7 +50,8 @@
 //!
 //! Run: `cargo bench --bench stream_vs_native`
 //! (`PGRELAY_BENCH_SCENARIOS=bigtxn,small PGRELAY_BENCH_ROUNDS=5 ...`;
-//! `PGRELAY_BENCH_PERF=DIR` records a `perf` profile of every pgrelay drain).
+//! `PGRELAY_BENCH_PERF=DIR` records a `perf` profile of every pgrelay drain;
+//! `PGRELAY_BENCH_WRAP="heaptrack -o FILE"` runs pgrelay under a tool).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -339,8 +340,12 @@ impl Bench {
         for (name, url) in targets {
             y.push_str(&format!("  - {{ name: {name}, url: \"{url}\" }}\n"));
         }
+        // `PGRELAY_BENCH_APPLY="max_batch_rows: 50000"` adds apply settings.
+        let extra = std::env::var("PGRELAY_BENCH_APPLY")
+            .map(|e| format!(", {e}"))
+            .unwrap_or_default();
         y.push_str(&format!(
-            "apply: {{ spill_dir: \"{}\", max_retry_delay: 2s }}\n",
+            "apply: {{ spill_dir: \"{}\", max_retry_delay: 2s{extra} }}\n",
             self.work.path().display()
         ));
         let path = self.work.path().join(format!("{slot}.yml"));
@@ -718,7 +723,18 @@ struct Pgrelay {
 impl Pgrelay {
     fn start(config: &Path, dir: &Path, name: &str, listen: Option<u16>) -> Pgrelay {
         let log = dir.join(format!("{name}.log"));
-        let mut cmd = Command::new(PGRELAY);
+        // `PGRELAY_BENCH_WRAP="heaptrack -o /tmp/ht"` runs pgrelay under a
+        // tool (for profiling, not for the numbers).
+        let wrap = std::env::var("PGRELAY_BENCH_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(tool) => {
+                let mut c = Command::new(tool);
+                c.args(words).arg(PGRELAY);
+                c
+            }
+            None => Command::new(PGRELAY),
+        };
         cmd.arg("stream").arg("--config").arg(config);
         if let Some(port) = listen {
             cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));

@@ -10,6 +10,11 @@
 //!   [`READ_RESERVE`] bytes free before a read, and every complete frame in
 //!   it is handed out before the socket is read again. Frames are
 //!   `Bytes` slices of the receive buffer (no copies).
+//! * Receive blocks have one size ([`READ_BLOCK`], more only for a frame
+//!   larger than that). A frame kept for long (a change waiting in a
+//!   target's backlog) keeps its whole block alive; blocks that never grow
+//!   in place keep that cost bounded and let the allocator reuse freed
+//!   blocks instead of fragmenting on ever-larger ones.
 //! * Cancel safety: [`Connection::fill`], [`Connection::flush`] and
 //!   [`Connection::read_frame`] may be dropped at any await point without
 //!   losing or duplicating bytes: partially received frames stay in the
@@ -34,6 +39,8 @@ use crate::error::SourceError;
 
 /// Free space guaranteed in the receive buffer before each read.
 pub(crate) const READ_RESERVE: usize = 128 * 1024;
+/// Size of a fresh receive block.
+const READ_BLOCK: usize = 2 * READ_RESERVE;
 
 /// The transport under a connection.
 pub(crate) enum Socket {
@@ -115,7 +122,7 @@ impl Connection {
     pub(crate) fn new(socket: Socket, target: String) -> Self {
         Connection {
             socket,
-            rbuf: BytesMut::with_capacity(READ_RESERVE),
+            rbuf: BytesMut::with_capacity(READ_BLOCK),
             wbuf: BytesMut::with_capacity(1024),
             decoder: FrameDecoder::new(),
             target,
@@ -143,8 +150,15 @@ impl Connection {
 
     /// One read from the socket into the receive buffer. Cancel-safe.
     pub(crate) async fn fill(&mut self) -> Result<(), SourceError> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_RESERVE {
-            self.rbuf.reserve(READ_RESERVE);
+        if self.rbuf.capacity() - self.rbuf.len() < READ_RESERVE
+            && !self.rbuf.try_reclaim(READ_RESERVE)
+        {
+            // Frames handed out still share the block (or a frame is larger
+            // than it): carry the partial frame over to a new block instead
+            // of `reserve`, which doubles a block it owns alone.
+            let mut fresh = BytesMut::with_capacity(READ_BLOCK.max(self.rbuf.len() + READ_RESERVE));
+            fresh.extend_from_slice(&self.rbuf);
+            self.rbuf = fresh;
         }
         match self.socket.read_buf(&mut self.rbuf).await {
             Ok(0) => Err(SourceError::io(
