@@ -54,7 +54,9 @@ pub use sql::{display_ident, display_qualified, quote_ident, quote_qualified};
 
 use pipeline::{Job, Op, PgFuture, Pipeline};
 use sql::{copy_escape_into, Param};
-use table::{Sync, Table, K_COPY, K_DELETE, K_DELETE_ONE, K_INSERT, K_UPDATE, K_UPDATE_ONE};
+use table::{
+    Sync, Table, K_COPY, K_DELETE, K_DELETE_ONE, K_INSERT, K_UPDATE, K_UPDATE_ONE, K_UPDATE_SET,
+};
 use table::{W_NULL, W_PARAM, W_SKIP};
 
 /// `session_replication_role` of the target session.
@@ -132,6 +134,12 @@ const PIPELINE_MAX_BYTES: usize = 16 << 20;
 const MAX_REL_POINTERS: usize = 4096;
 /// Deferred (merged) updates are sent once this many keys are pending.
 const MAX_DEFERRED: usize = 10_000;
+/// At least this many merged updates of one table and shape go out as one
+/// set-based UPDATE (one statement instead of one per row: the target's
+/// per-statement cost dominates pgbench-like apply).
+const SET_UPDATE_MIN_ROWS: usize = 16;
+/// Rows per set-based UPDATE at most.
+const SET_UPDATE_MAX_ROWS: usize = 5_000;
 
 struct Current {
     commit_lsn: Lsn,
@@ -641,10 +649,114 @@ impl Applier {
             return Ok(());
         };
         self.deferred_len -= d.rows.len();
-        for (lsn, row) in &d.rows {
+        // Rows with the same SET columns go out as one set-based UPDATE when
+        // there are enough of them; the rest row by row.
+        let mut shapes: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
+        let mut single = Vec::new();
+        if d.rows.len() >= SET_UPDATE_MIN_ROWS {
+            for (i, (_, row)) in d.rows.iter().enumerate() {
+                match self.set_shape(ti, row) {
+                    Some(shape) => shapes.entry(shape).or_default().push(i),
+                    None => single.push(i),
+                }
+            }
+        } else {
+            single.extend(0..d.rows.len());
+        }
+        let mut shapes: Vec<(Vec<u8>, Vec<usize>)> = shapes.into_iter().collect();
+        shapes.sort_unstable();
+        for (shape, rows) in shapes {
+            if rows.len() < SET_UPDATE_MIN_ROWS {
+                single.extend(rows);
+                continue;
+            }
+            let mut start = 0;
+            while start < rows.len() {
+                let mut end = start;
+                let mut bytes = 0;
+                while end < rows.len() && end - start < SET_UPDATE_MAX_ROWS && bytes < RUN_MAX_BYTES
+                {
+                    bytes += d.rows[rows[end]].1.payload_len();
+                    end += 1;
+                }
+                let chunk: Vec<&(Lsn, Tuple)> =
+                    rows[start..end].iter().map(|&i| &d.rows[i]).collect();
+                self.update_set(ti, &shape, &chunk).await?;
+                start = end;
+            }
+        }
+        single.sort_unstable();
+        for i in single {
+            let (lsn, row) = &d.rows[i];
             self.update(ti, None, row, *lsn).await?;
         }
         Ok(())
+    }
+
+    /// The statement key of a set-based update of `row` (see
+    /// `Table::build`), or `None` when it must go row by row: a binary
+    /// value, or no column to set.
+    fn set_shape(&self, ti: usize, row: &Tuple) -> Option<Vec<u8>> {
+        let t = &self.tables[ti];
+        let mut shape = Vec::with_capacity(1 + row.len());
+        shape.push(K_UPDATE_SET);
+        let mut any = false;
+        for (i, v) in row.values().iter().enumerate() {
+            let col = t.cols.get(i)?;
+            let is_key = t.rel.columns.get(i)?.is_key;
+            match v {
+                Value::Binary(_) => return None,
+                Value::UnchangedToast => shape.push(0),
+                _ if is_key => {
+                    if !col.has_eq {
+                        return None;
+                    }
+                    shape.push(2)
+                }
+                _ if col.identity_always => shape.push(0),
+                _ => {
+                    any = true;
+                    shape.push(1)
+                }
+            }
+        }
+        any.then_some(shape)
+    }
+
+    /// One UPDATE for many merged rows of one shape: every column travels
+    /// as one text[] parameter (an array literal of the values' text
+    /// output), unnested and cast to the target column's type; the rows
+    /// are matched on the key. Keys are distinct (merged), and the table
+    /// is independent, so the order among these rows is unobservable.
+    async fn update_set(
+        &mut self,
+        ti: usize,
+        shape: &[u8],
+        rows: &[&(Lsn, Tuple)],
+    ) -> Result<(), ApplyError> {
+        let lsn = rows.iter().map(|(l, _)| *l).max().unwrap_or_default();
+        let mut params = Vec::new();
+        for (i, &code) in shape[1..].iter().enumerate() {
+            if code == 0 {
+                continue;
+            }
+            let mut buf = BytesMut::with_capacity(2 + rows.len() * 8);
+            buf.put_u8(b'{');
+            for (n, (_, row)) in rows.iter().enumerate() {
+                if n > 0 {
+                    buf.put_u8(b',');
+                }
+                match row.values().get(i) {
+                    Some(Value::Text(b)) => sql::array_element_escape_into(b, &mut buf),
+                    _ => buf.put_slice(b"NULL"),
+                }
+            }
+            buf.put_u8(b'}');
+            params.push(Param::Text(buf.freeze()));
+        }
+        let stmt = self.statement(ti, shape, lsn).await?;
+        self.execute_rows(stmt, params, Op::Update, ti, lsn, rows.len() as u64)
+            .await
     }
 
     async fn flush_deferred_all(&mut self) -> Result<(), ApplyError> {
@@ -745,6 +857,7 @@ impl Applier {
                     table: None,
                     commit_lsn: None,
                     bytes: 0,
+                    rows: 0,
                 },
             )
             .await?;
@@ -789,6 +902,18 @@ impl Applier {
         ti: usize,
         lsn: Lsn,
     ) -> Result<(), ApplyError> {
+        self.execute_rows(stmt, params, op, ti, lsn, 1).await
+    }
+
+    async fn execute_rows(
+        &mut self,
+        stmt: Statement,
+        params: Vec<Param>,
+        op: Op,
+        ti: usize,
+        lsn: Lsn,
+        rows: u64,
+    ) -> Result<(), ApplyError> {
         let bytes = params
             .iter()
             .map(|p| match p {
@@ -803,6 +928,7 @@ impl Applier {
             table: Some(self.tables[ti].display.clone()),
             commit_lsn: Some(lsn),
             bytes,
+            rows,
         };
         self.pipeline.push(fut, job).await
     }
@@ -1081,6 +1207,7 @@ impl Applier {
             table: Some(names.join(", ").into()),
             commit_lsn: Some(lsn),
             bytes: 0,
+            rows: 0,
         };
         let c = self.client.clone();
         let fut: PgFuture = Box::pin(async move { c.batch_execute(&sql).await.map(|_| 0) });
@@ -1114,6 +1241,7 @@ impl Applier {
             table: None,
             commit_lsn: Some(p.commit_lsn),
             bytes: 0,
+            rows: 0,
         };
         self.pipeline.push(fut, job(Op::Progress)).await?;
         let c = self.client.clone();

@@ -38,6 +38,9 @@ pub(crate) struct Job {
     pub commit_lsn: Option<Lsn>,
     /// Parameter bytes the statement keeps alive until its result is read.
     pub bytes: usize,
+    /// Rows an update or delete should touch (one, or a set-based
+    /// update's row count); fewer is logged as missing rows.
+    pub rows: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,15 +141,17 @@ impl Pipeline {
 
     fn finish(&self, r: Result<u64, tokio_postgres::Error>, job: &Job) -> Result<(), ApplyError> {
         match r {
-            Ok(0) if matches!(job.op, Op::Update | Op::Delete) => {
+            Ok(n) if n < job.rows && matches!(job.op, Op::Update | Op::Delete) => {
                 // Native logical replication logs and skips a change whose
                 // row is missing on the subscriber; do the same, visibly.
                 let op = job.op.name();
+                let missing = job.rows - n;
                 tracing::warn!(
                     target_db = %self.target,
                     table = job.table.as_deref().unwrap_or("?"),
                     lsn = %job.commit_lsn.unwrap_or_default(),
                     op,
+                    missing,
                     "replicated {op} found no matching row on the target; skipped"
                 );
                 metrics::counter!(
@@ -154,7 +159,7 @@ impl Pipeline {
                     "target" => self.target.clone(),
                     "op" => op
                 )
-                .increment(1);
+                .increment(missing);
                 Ok(())
             }
             Ok(_) => Ok(()),

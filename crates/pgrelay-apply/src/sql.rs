@@ -164,3 +164,38 @@ mod tests {
         assert_eq!(&out[..], b"plain");
     }
 }
+
+/// Appends `value` as one element of an array literal (text input of an
+/// array): always double-quoted, with `"` and `\` backslash-escaped, so
+/// any text (commas, braces, whitespace, the word NULL) stays one element.
+/// PostgreSQL reference: "Arrays", Array Value Input (arrays-input).
+pub fn array_element_escape_into(value: &[u8], out: &mut BytesMut) {
+    out.reserve(value.len() + 2);
+    out.put_u8(b'"');
+    let mut start = 0;
+    for (i, &b) in value.iter().enumerate() {
+        if b == b'"' || b == b'\\' {
+            out.put_slice(&value[start..i]);
+            out.put_u8(b'\\');
+            out.put_u8(b);
+            start = i + 1;
+        }
+    }
+    out.put_slice(&value[start..]);
+    out.put_u8(b'"');
+}
+
+#[cfg(test)]
+mod array_tests {
+    use super::*;
+
+    #[test]
+    fn array_elements_are_quoted_and_escaped() {
+        let mut out = BytesMut::new();
+        for v in [&b"a"[..], b"", b"x\"y", b"b\\s", b"{1,2}", b"NULL"] {
+            array_element_escape_into(v, &mut out);
+            out.put_u8(b',');
+        }
+        assert_eq!(&out[..], &br#""a","","x\"y","b\\s","{1,2}","NULL","#[..]);
+    }
+}

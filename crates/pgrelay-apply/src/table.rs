@@ -97,6 +97,7 @@ pub(crate) const K_UPDATE: u8 = b'U';
 pub(crate) const K_UPDATE_ONE: u8 = b'V';
 pub(crate) const K_DELETE: u8 = b'D';
 pub(crate) const K_DELETE_ONE: u8 = b'E';
+pub(crate) const K_UPDATE_SET: u8 = b'S';
 
 const LOOKUP: &str = "\
 SELECT c.relkind::text, a.attname::text, a.atttypid, t.typname::text, tn.nspname::text, \
@@ -312,6 +313,55 @@ impl Table {
                     }
                 }
                 self.push_where(&mut sql, &mut types, &key[1 + n..], key[0] == K_UPDATE_ONE);
+            }
+            K_UPDATE_SET => {
+                // key: [op, code_0..code_n], code 1 = SET the column, 2 = a
+                // key column (WHERE), 0 = neither. Every parameter is a
+                // text[] of one column's values, unnested in step.
+                let mut set = String::new();
+                let mut cond = String::new();
+                let mut from = String::new();
+                let mut alias = String::new();
+                for (i, c) in self.cols.iter().enumerate() {
+                    let code = key[1 + i];
+                    if code == 0 {
+                        continue;
+                    }
+                    types.push(Type::TEXT_ARRAY);
+                    let p = types.len();
+                    if p > 1 {
+                        from.push_str(", ");
+                        alias.push_str(", ");
+                    }
+                    let _ = write!(from, "${p}");
+                    let _ = write!(alias, "p{p}");
+                    let ty = format!(
+                        "{}.{}",
+                        quote_ident(c.ty.schema()),
+                        quote_ident(c.ty.name())
+                    );
+                    let (list, sep) = if code == 1 {
+                        (&mut set, ", ")
+                    } else {
+                        (&mut cond, " AND ")
+                    };
+                    if !list.is_empty() {
+                        list.push_str(sep);
+                    }
+                    if code == 1 {
+                        let _ = write!(list, "{} = v.p{p}::{ty}", c.quoted);
+                    } else {
+                        let _ = write!(list, "t.{} = v.p{p}::{ty}", c.quoted);
+                    }
+                }
+                if cond.is_empty() {
+                    cond.push_str("false");
+                }
+                let _ = write!(
+                    sql,
+                    "UPDATE {} AS t SET {set} FROM unnest({from}) AS v({alias}) WHERE {cond}",
+                    self.qualified
+                );
             }
             K_DELETE | K_DELETE_ONE => {
                 let _ = write!(sql, "DELETE FROM {}", self.qualified);

@@ -842,3 +842,113 @@ per_major!(
         );
     }
 );
+
+per_major!(
+    many_merged_updates_go_out_as_one_set_update,
+    |major| async move {
+        let cluster = Cluster::start(major);
+        cluster.execute_blocking(
+            "postgres",
+            "CREATE TYPE public.mood AS ENUM ('sad', 'ok', 'happy');
+             CREATE TABLE public.acc (id int PRIMARY KEY, bal numeric(12,2), note text,
+                 tags text[], doc jsonb, m public.mood, at timestamptz, big text);
+             INSERT INTO public.acc
+                 SELECT g, 0, 'n', '{}', '{}', 'ok', '2020-01-01', repeat('b', 5000)
+                 FROM generate_series(1, 40) g;",
+        );
+        let target = cluster.connect("postgres").await;
+        let acc = relation(&target, "public", "acc").await;
+        let mut a = applier(&cluster, "postgres", options("setupd")).await;
+        // Values that an array literal must keep as one element each.
+        let notes = [
+            "plain",
+            "with \"quotes\"",
+            "back\\slash",
+            "{braces},commas",
+            "NULL",
+            "  spaced  ",
+            "",
+            "tab\tnew\nline",
+        ];
+        let mut changes = Vec::new();
+        // Keys 1..=30 exist; 41 and 42 do not (missing rows are skipped).
+        // Every key is updated twice: the merged row is the second one.
+        for round in 0..2 {
+            for id in (1..=30).chain(41..=42) {
+                let note = if id % 9 == 0 {
+                    Value::Null
+                } else {
+                    t(notes[id % notes.len()])
+                };
+                // Odd keys leave the TOASTed column alone (a second shape).
+                let big = if id % 2 == 1 {
+                    Value::UnchangedToast
+                } else {
+                    t(&format!("big{id}"))
+                };
+                changes.push(update(
+                    &acc,
+                    None,
+                    vec![
+                        t(&id.to_string()),
+                        t(&format!("{}.5{round}", id * 10)),
+                        note,
+                        t(&format!("{{a,\"b c\",{id}}}")),
+                        t(&format!("{{\"k\": \"v\\\\\\\"{id}\"}}")),
+                        t(if id % 3 == 0 { "happy" } else { "sad" }),
+                        t("2024-02-29 12:00:00+00"),
+                        big,
+                    ],
+                ));
+            }
+        }
+        apply(&mut a, 1, changes).await;
+        a.flush().await.unwrap();
+        let got = rows(
+            &target,
+            "SELECT id, bal, coalesce(note, '<null>'), tags[2], tags[3], doc->>'k', m, \
+             at = '2024-02-29 12:00:00+00', CASE WHEN length(big) = 5000 THEN left(big, 4) ELSE big END FROM acc WHERE id <= 31 ORDER BY id",
+        )
+        .await;
+        assert_eq!(got.len(), 31);
+        for (n, r) in got.iter().enumerate() {
+            let id = n + 1;
+            if id == 31 {
+                assert_eq!(r[1], "0.00", "untouched row 31");
+                continue;
+            }
+            let note = if id % 9 == 0 {
+                "<null>".to_string()
+            } else {
+                notes[id % notes.len()].to_string()
+            };
+            let want = vec![
+                id.to_string(),
+                format!("{}.51", id * 10),
+                note,
+                "b c".to_string(),
+                id.to_string(),
+                format!("v\\\"{id}"),
+                if id % 3 == 0 { "happy" } else { "sad" }.to_string(),
+                "t".to_string(),
+                if id % 2 == 1 {
+                    "bbbb".to_string()
+                } else {
+                    format!("big{id}")
+                },
+            ];
+            assert_eq!(*r, want, "row {id}");
+        }
+        // One statement per shape (TOAST column set or not): the new row
+        // versions carry the command id of the statement that wrote them,
+        // so row-by-row updates would show 30 distinct ones.
+        assert_eq!(
+            scalar(
+                &target,
+                "SELECT count(DISTINCT cmin::text) FROM acc WHERE id <= 30"
+            )
+            .await,
+            "2"
+        );
+    }
+);
