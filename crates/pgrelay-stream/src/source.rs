@@ -51,17 +51,16 @@ const CHUNK_CHANGES: usize = 1000;
 /// Bytes per dispatched chunk.
 const CHUNK_BYTES: usize = 1 << 20;
 /// Fewer bytes than this between two socket waits means the reader keeps
-/// up with the walsender message by message ...
-const COALESCE_BELOW: usize = 256 * 1024;
-/// ... or than this while a large transaction is being streamed: then the
-/// walsender is decoding it and is the bottleneck, and stalling its socket
-/// for long stalls the drain (`bigtxn`: 4.3 s at this size, 5.6 s at 256 KiB).
-const COALESCE_BELOW_STREAMING: usize = 64 * 1024;
+/// up with the walsender message by message ... It must stay well below
+/// what one socket read can bring (`pgrelay_source`'s 128 KiB read
+/// reserve): a cycle is one read, and at 256 KiB every cycle paused, which
+/// capped a stream of 1 KB rows at ~26 MB/s.
+const COALESCE_BELOW: usize = 64 * 1024;
 /// ... and then lets the socket fill this long before reading again: a
 /// reader blocked on the socket is woken for every message the walsender
 /// sends (it flushes after each one), and those wake-ups cost the
-/// walsender more CPU than decoding (`cargo bench --bench stream_vs_native`:
-/// walsender CPU `small` 0.93 -> 0.63 s, `fanout` 1.62 -> 1.25 s).
+/// walsender more CPU than decoding (`cargo bench --bench stream_vs_native`,
+/// `small`: walsender CPU 0.93 -> 0.76 s). A busy stream never waits.
 const COALESCE_WAIT: Duration = Duration::from_millis(2);
 /// How long the reader waits for a connected target to make room in its
 /// log's memory before spilling its backlog to disk.
@@ -223,12 +222,7 @@ impl SourceReader {
                     if !stream.has_buffered_data() {
                         self.notify_targets();
                         // Adds at most COALESCE_WAIT of latency.
-                        let below = if reassembler.stats().open_streams == 0 {
-                            COALESCE_BELOW
-                        } else {
-                            COALESCE_BELOW_STREAMING
-                        };
-                        if since_wait > 0 && since_wait < below {
+                        if since_wait > 0 && since_wait < COALESCE_BELOW {
                             tokio::time::sleep(COALESCE_WAIT).await;
                         }
                         since_wait = 0;
