@@ -194,7 +194,7 @@ async fn migrate(source_major: u32, reverse: bool) {
             let status = pgrelay(&["status", "--json"], &config);
             let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
             assert_eq!(st["targets"][0]["state"], "streaming", "{}", text(&status));
-            let mut args = vec!["switchover", "--yes", "--max-lag", "256MB"];
+            let mut args = vec!["switchover", "--yes", "--max-lag", "4MB"];
             if reverse {
                 args.push("--reverse");
             }

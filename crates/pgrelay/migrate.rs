@@ -78,6 +78,10 @@ pub struct SwitchoverArgs {
     /// Largest lag at which to start, in bytes (units allowed: 16MB).
     #[arg(long, default_value = "16MB")]
     max_lag: pgrelay_config::ByteSize,
+    /// How long to wait for the lag to come under --max-lag before fencing
+    /// (waiting costs no downtime).
+    #[arg(long, default_value = "60s", value_parser = pgrelay_config::duration::parse)]
+    lag_wait: Duration,
     /// Fence only this role (repeatable; default: every login role that is
     /// neither superuser nor replication).
     #[arg(long = "role", value_name = "ROLE")]
@@ -429,6 +433,7 @@ pub async fn switchover(
         &configs,
         &pgrelay_migrate::switchover::SwitchoverOptions {
             max_lag_bytes: args.max_lag.0,
+            lag_wait: args.lag_wait,
             roles: args.roles,
             drain_timeout: args.drain_timeout,
             verify: !args.no_verify,

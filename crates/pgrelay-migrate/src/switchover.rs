@@ -35,6 +35,10 @@ use crate::MigrateError;
 pub struct SwitchoverOptions {
     /// Largest lag (bytes) at which the cutover may start.
     pub max_lag_bytes: u64,
+    /// How long to wait, before fencing anything, for the lag to come
+    /// under `max_lag_bytes` (the drain after the fence, which is write
+    /// downtime, is then short).
+    pub lag_wait: Duration,
     /// Fence only these roles (default: every non-replication login role).
     pub roles: Vec<String>,
     /// How long to wait for the targets to drain.
@@ -111,8 +115,12 @@ pub async fn switchover_all(
     };
 
     // 1. Lag must be small, and every streamer running (slot active).
+    // Waiting here costs no downtime; every byte of lag left at the fence
+    // is drained while writes are refused.
+    let lag_deadline = Instant::now() + options.lag_wait;
     for config in configs {
-        let slot = source
+        loop {
+            let slot = source
             .query_opt(
                 "SELECT active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
                    FROM pg_replication_slots WHERE slot_name = $1",
@@ -127,21 +135,27 @@ pub async fn switchover_all(
                     config.slot
                 ))
             })?;
-        let active: bool = slot.get(0);
-        let lag: i64 = slot.get::<_, Option<i64>>(1).unwrap_or(0);
-        if !active {
-            return Err(MigrateError::Fatal(format!(
+            let active: bool = slot.get(0);
+            let lag: i64 = slot.get::<_, Option<i64>>(1).unwrap_or(0);
+            if !active {
+                return Err(MigrateError::Fatal(format!(
                 "{}no `pgrelay stream` is streaming from slot {}: start it and wait until lag is small",
                 db(config),
                 config.slot
             )));
-        }
-        if lag as u64 > options.max_lag_bytes {
-            return Err(MigrateError::Fatal(format!(
-                "{}lag is {lag} bytes, more than --max-lag {}; wait until the targets catch up (pgrelay status)",
+            }
+            if lag as u64 <= options.max_lag_bytes {
+                break;
+            }
+            if Instant::now() >= lag_deadline {
+                return Err(MigrateError::Fatal(format!(
+                "{}lag is {lag} bytes after waiting {:?}, more than --max-lag {}; nothing was fenced. Wait until the targets catch up (pgrelay status) or reduce the write load, then run switchover again",
                 db(config),
+                options.lag_wait,
                 options.max_lag_bytes
             )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     mark("check lag", &mut step);

@@ -116,6 +116,10 @@ pub(crate) struct Connection {
     decoder: FrameDecoder,
     /// `host:port` or socket path, for messages.
     target: String,
+    /// The last read took everything the socket had (it returned less than
+    /// the free space offered). Never set over TLS, where one read returns
+    /// at most one record whatever is queued.
+    drained: bool,
 }
 
 impl Connection {
@@ -126,6 +130,7 @@ impl Connection {
             wbuf: BytesMut::with_capacity(1024),
             decoder: FrameDecoder::new(),
             target,
+            drained: false,
         }
     }
 
@@ -135,6 +140,11 @@ impl Connection {
 
     pub(crate) fn socket(&self) -> &Socket {
         &self.socket
+    }
+
+    /// Whether the last read emptied the socket (see `drained`).
+    pub(crate) fn drained(&self) -> bool {
+        self.drained
     }
 
     pub(crate) fn is_tls(&self) -> bool {
@@ -160,7 +170,13 @@ impl Connection {
             fresh.extend_from_slice(&self.rbuf);
             self.rbuf = fresh;
         }
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        let tls = self.is_tls();
         match self.socket.read_buf(&mut self.rbuf).await {
+            Ok(n) if n > 0 => {
+                self.drained = !tls && n < spare;
+                Ok(())
+            }
             Ok(0) => Err(SourceError::io(
                 format!("reading from {}", self.target),
                 io::Error::new(

@@ -201,6 +201,18 @@ impl LogicalStream {
     /// per read instead of once per message) flushes them when this is
     /// false, before `next` may wait.
     pub fn has_buffered_data(&mut self) -> bool {
+        self.has_buffered_message()
+    }
+
+    /// Whether the last socket read emptied the socket: the walsender had
+    /// sent nothing more at that moment. A consumer may then pause briefly
+    /// so the next read takes many messages at once; while this is false
+    /// (or over TLS, where it is never true) more data is already waiting.
+    pub fn socket_drained(&mut self) -> bool {
+        self.client.conn_mut().drained()
+    }
+
+    fn has_buffered_message(&mut self) -> bool {
         if self.state != State::Streaming {
             return false;
         }

@@ -50,17 +50,17 @@ pub const MARKER_PREFIX: &str = "pgrelay";
 const CHUNK_CHANGES: usize = 1000;
 /// Bytes per dispatched chunk.
 const CHUNK_BYTES: usize = 1 << 20;
-/// Fewer bytes than this between two socket waits means the reader keeps
-/// up with the walsender message by message ... It must stay well below
-/// what one socket read can bring (`pgrelay_source`'s 128 KiB read
-/// reserve): a cycle is one read, and at 256 KiB every cycle paused, which
-/// capped a stream of 1 KB rows at ~26 MB/s.
-const COALESCE_BELOW: usize = 64 * 1024;
+/// When a read emptied the socket and fewer bytes than this came since the
+/// last pause, the reader is keeping up with the walsender message by
+/// message ...
+const COALESCE_BELOW: usize = 256 * 1024;
 /// ... and then lets the socket fill this long before reading again: a
 /// reader blocked on the socket is woken for every message the walsender
 /// sends (it flushes after each one), and those wake-ups cost the
-/// walsender more CPU than decoding (`cargo bench --bench stream_vs_native`,
-/// `small`: walsender CPU 0.93 -> 0.76 s). A busy stream never waits.
+/// walsender more CPU than decoding (`cargo bench --bench stream_vs_native`:
+/// walsender CPU `small` 0.93 -> 0.6x s, `fanout` 1.62 -> 1.2x s). Only
+/// after a read that emptied the socket: pausing after a read that merely
+/// filled the receive buffer capped a stream of 1 KB rows at ~26 MB/s.
 const COALESCE_WAIT: Duration = Duration::from_millis(2);
 /// How long the reader waits for a connected target to make room in its
 /// log's memory before spilling its backlog to disk.
@@ -222,7 +222,10 @@ impl SourceReader {
                     if !stream.has_buffered_data() {
                         self.notify_targets();
                         // Adds at most COALESCE_WAIT of latency.
-                        if since_wait > 0 && since_wait < COALESCE_BELOW {
+                        if since_wait > 0
+                            && since_wait < COALESCE_BELOW
+                            && stream.socket_drained()
+                        {
                             tokio::time::sleep(COALESCE_WAIT).await;
                         }
                         since_wait = 0;
