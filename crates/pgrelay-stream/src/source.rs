@@ -57,10 +57,10 @@ const COALESCE_BELOW: usize = 256 * 1024;
 /// ... and then lets the socket fill this long before reading again: a
 /// reader blocked on the socket is woken for every message the walsender
 /// sends (it flushes after each one), and those wake-ups cost the
-/// walsender more CPU than decoding (`cargo bench --bench stream_vs_native`:
-/// walsender CPU `small` 0.93 -> 0.6x s, `fanout` 1.62 -> 1.2x s). Only
-/// after a read that emptied the socket: pausing after a read that merely
-/// filled the receive buffer capped a stream of 1 KB rows at ~26 MB/s.
+/// walsender more CPU than decoding (`cargo bench --bench stream_vs_native`,
+/// `small`: walsender CPU 0.93 -> 0.70-0.84 s; docs/bench.md). Only after
+/// a read that emptied the socket: pausing after a read that merely filled
+/// the receive buffer capped a stream of 1 KB rows at ~26 MB/s.
 const COALESCE_WAIT: Duration = Duration::from_millis(2);
 /// How long the reader waits for a connected target to make room in its
 /// log's memory before spilling its backlog to disk.
