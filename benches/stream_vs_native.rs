@@ -384,12 +384,18 @@ impl Bench {
         }
     }
 
-    async fn run_pgrelay(&self, scenario: Scenario, tag: &str) -> Drain {
+    /// Fresh source and target databases for one run: their names.
+    async fn fresh_dbs(&self, scenario: Scenario, tag: &str) -> (String, Vec<String>) {
         let src_db = format!("{tag}_src");
         let target_dbs: Vec<String> = (0..scenario.targets())
             .map(|i| format!("{tag}_t{i}"))
             .collect();
         self.prepare(scenario, &src_db, &target_dbs).await;
+        (src_db, target_dbs)
+    }
+
+    async fn run_pgrelay(&self, scenario: Scenario, tag: &str) -> Drain {
+        let (src_db, target_dbs) = self.fresh_dbs(scenario, tag).await;
         let slot = format!("{tag}_slot");
         let config = self.pgrelay_config(
             &slot,
@@ -437,11 +443,7 @@ impl Bench {
     }
 
     async fn run_native(&self, scenario: Scenario, tag: &str) -> Drain {
-        let src_db = format!("{tag}_src");
-        let target_dbs: Vec<String> = (0..scenario.targets())
-            .map(|i| format!("{tag}_t{i}"))
-            .collect();
-        self.prepare(scenario, &src_db, &target_dbs).await;
+        let (src_db, target_dbs) = self.fresh_dbs(scenario, tag).await;
         let src = self.source.connect(&src_db).await;
         sql(&src, "CREATE PUBLICATION bench_pub FOR ALL TABLES").await;
         let mut clients = Vec::new();

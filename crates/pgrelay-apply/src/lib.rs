@@ -755,7 +755,7 @@ impl Applier {
             params.push(Param::Text(buf.freeze()));
         }
         let stmt = self.statement(ti, shape, lsn).await?;
-        self.execute_rows(stmt, params, Op::Update, ti, lsn, rows.len() as u64)
+        self.execute(stmt, params, Op::Update, ti, lsn, rows.len() as u64)
             .await
     }
 
@@ -894,18 +894,9 @@ impl Applier {
         Ok(stmt)
     }
 
+    /// Sends `stmt`; `rows` is how many rows an update or delete should
+    /// touch (see `Job::rows`).
     async fn execute(
-        &mut self,
-        stmt: Statement,
-        params: Vec<Param>,
-        op: Op,
-        ti: usize,
-        lsn: Lsn,
-    ) -> Result<(), ApplyError> {
-        self.execute_rows(stmt, params, op, ti, lsn, 1).await
-    }
-
-    async fn execute_rows(
         &mut self,
         stmt: Statement,
         params: Vec<Param>,
@@ -1034,7 +1025,7 @@ impl Applier {
                 .collect();
             // A failing row is attributed to the chunk's last transaction.
             let lsn = chunk[chunk.len() - 1].0;
-            self.execute(stmt, params, Op::Insert, ti, lsn).await?;
+            self.execute(stmt, params, Op::Insert, ti, lsn, 0).await?;
         }
         Ok(())
     }
@@ -1159,7 +1150,7 @@ impl Applier {
         let key = std::mem::take(&mut self.key);
         let stmt = self.statement(ti, &key, lsn).await;
         self.key = key;
-        self.execute(stmt?, params, Op::Update, ti, lsn).await
+        self.execute(stmt?, params, Op::Update, ti, lsn, 1).await
     }
 
     async fn delete(&mut self, ti: usize, old: &OldTuple, lsn: Lsn) -> Result<(), ApplyError> {
@@ -1174,7 +1165,7 @@ impl Applier {
         let key = std::mem::take(&mut self.key);
         let stmt = self.statement(ti, &key, lsn).await;
         self.key = key;
-        self.execute(stmt?, params, Op::Delete, ti, lsn).await
+        self.execute(stmt?, params, Op::Delete, ti, lsn, 1).await
     }
 
     async fn truncate(
