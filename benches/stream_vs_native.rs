@@ -820,15 +820,20 @@ async fn wait_markers(
             }
         }
     };
-    let pids_q = "SELECT active_pid FROM pg_replication_slots WHERE database = current_database() AND active_pid IS NOT NULL";
+    let walsenders = || async {
+        sql(
+            src,
+            "SELECT active_pid FROM pg_replication_slots \
+             WHERE database = current_database() AND active_pid IS NOT NULL",
+        )
+        .await
+        .into_iter()
+        .filter_map(|r| r[0].as_ref().and_then(|v| v.parse().ok()))
+        .collect::<Vec<u32>>()
+    };
     let mut done = vec![false; targets.len()];
     loop {
-        let pids: Vec<u32> = sql(src, pids_q)
-            .await
-            .into_iter()
-            .filter_map(|r| r[0].as_ref().and_then(|v| v.parse().ok()))
-            .collect();
-        sample(&mut cpu, pids);
+        sample(&mut cpu, walsenders().await);
         for (i, t) in targets.iter().enumerate() {
             if !done[i] {
                 done[i] = scalar(t, "SELECT count(*) FROM bench_marker").await == "1";
@@ -844,12 +849,7 @@ async fn wait_markers(
         );
         tokio::time::sleep(POLL).await;
     }
-    let pids: Vec<u32> = sql(src, pids_q)
-        .await
-        .into_iter()
-        .filter_map(|r| r[0].as_ref().and_then(|v| v.parse().ok()))
-        .collect();
-    sample(&mut cpu, pids);
+    sample(&mut cpu, walsenders().await);
     cpu.values().sum()
 }
 
