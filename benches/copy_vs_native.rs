@@ -40,19 +40,8 @@ use std::time::{Duration, Instant};
 
 use pgrelay_copy::{CopyOptions, CopyTarget, SnapshotSpec, TableCopy};
 use pgrelay_source::{Config, CreateSlotOptions, ReplicationClient, SnapshotAction};
+use pgrelay_testkit::bench::{env_num, median};
 use pgrelay_testkit::{Cluster, PgInstall};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn config(port: u16, db: &str) -> Config {
     Config::parse_with_env(

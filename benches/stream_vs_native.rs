@@ -57,23 +57,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pgrelay_testkit::bench::{env_num, median};
 use pgrelay_testkit::{client_tool, free_port, simple_rows, Cluster};
+use pgrelay_testkit::{query as sql, query_scalar as scalar};
 use tokio_postgres::Client;
 
 const PGRELAY: &str = env!("CARGO_BIN_EXE_pgrelay");
 const POLL: Duration = Duration::from_millis(50);
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// Clock ticks per second for /proc/PID/stat times.
 fn clk_tck() -> f64 {
@@ -110,16 +100,6 @@ fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
-}
-
-async fn sql(c: &Client, q: &str) -> Vec<Vec<Option<String>>> {
-    simple_rows(c, q)
-        .await
-        .unwrap_or_else(|e| panic!("{q}: {}", pgrelay_testkit::describe(&e)))
-}
-
-async fn scalar(c: &Client, q: &str) -> String {
-    sql(c, q).await[0][0].clone().unwrap_or_default()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

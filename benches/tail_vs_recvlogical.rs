@@ -16,19 +16,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pgrelay_testkit::bench::{env_num, median};
 use pgrelay_testkit::{Cluster, PgInstall};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing

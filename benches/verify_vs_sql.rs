@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use pgrelay_testkit::bench::{env_num, median};
 use pgrelay_testkit::{client_tool, Cluster, SUPERUSER};
 use pgrelay_verify::{verify_tables, VerifyOptions};
 
@@ -26,18 +27,6 @@ const TABLES: [&str; 4] = [
     "pgbench_tellers",
     "pgbench_history",
 ];
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn pgbench(c: &Cluster, args: &[&str]) {
     let bin = client_tool("pgbench").unwrap_or_else(|e| panic!("{e}"));

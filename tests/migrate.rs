@@ -9,23 +9,12 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use pgrelay_testkit::{
-    assert_databases_equal, describe, simple_rows, unique_name, Cluster, SCRAM_ROLE,
-};
+use pgrelay_testkit::{assert_databases_equal, describe, unique_name, Cluster, SCRAM_ROLE};
+use pgrelay_testkit::{query as sql, query_scalar as scalar};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const PGRELAY: &str = env!("CARGO_BIN_EXE_pgrelay");
-
-async fn sql(c: &tokio_postgres::Client, q: &str) -> Vec<Vec<Option<String>>> {
-    simple_rows(c, q)
-        .await
-        .unwrap_or_else(|e| panic!("{q}: {}", describe(&e)))
-}
-
-async fn scalar(c: &tokio_postgres::Client, q: &str) -> String {
-    sql(c, q).await[0][0].clone().unwrap_or_default()
-}
 
 /// A schema with what a real application has.
 const SCHEMA: &str = "

@@ -11,22 +11,11 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use pgrelay_testkit::{
-    assert_databases_equal, compare_databases, describe, simple_rows, unique_name, Cluster,
-};
+use pgrelay_testkit::{assert_databases_equal, compare_databases, unique_name, Cluster};
+use pgrelay_testkit::{query as sql, query_scalar as scalar};
 use tokio::process::Command;
 
 const PGRELAY: &str = env!("CARGO_BIN_EXE_pgrelay");
-
-async fn sql(c: &tokio_postgres::Client, q: &str) -> Vec<Vec<Option<String>>> {
-    simple_rows(c, q)
-        .await
-        .unwrap_or_else(|e| panic!("{q}: {}", describe(&e)))
-}
-
-async fn scalar(c: &tokio_postgres::Client, q: &str) -> String {
-    sql(c, q).await[0][0].clone().unwrap_or_default()
-}
 
 fn pgrelay(args: &[&str], config: &Path) -> Output {
     std::process::Command::new(PGRELAY)

@@ -15,22 +15,13 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use pgrelay_testkit::{assert_databases_equal, describe, simple_rows, Cluster, TEST_PASSWORD};
+use pgrelay_testkit::{assert_databases_equal, Cluster, TEST_PASSWORD};
+use pgrelay_testkit::{query as sql, query_scalar as one};
 use serde_json::Value as Json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 const PGRELAY: &str = env!("CARGO_BIN_EXE_pgrelay");
-
-async fn sql(c: &tokio_postgres::Client, q: &str) -> Vec<Vec<Option<String>>> {
-    simple_rows(c, q)
-        .await
-        .unwrap_or_else(|e| panic!("{q}: {}", describe(&e)))
-}
-
-async fn one(c: &tokio_postgres::Client, q: &str) -> String {
-    sql(c, q).await[0][0].clone().unwrap_or_default()
-}
 
 /// Polls `q` until it returns `want` (generous deadline, no timing claim).
 async fn wait_for(c: &tokio_postgres::Client, q: &str, want: &str, what: &str) {

@@ -12,22 +12,13 @@ use std::time::{Duration, Instant};
 
 use pgrelay_testkit::fixtures::{ALL_TYPES_DDL, ALL_TYPES_ROWS};
 use pgrelay_testkit::{
-    assert_databases_equal, compare_databases, describe, simple_rows, unique_name, Cluster,
-    FaultProxy, Workload,
+    assert_databases_equal, compare_databases, simple_rows, unique_name, Cluster, FaultProxy,
+    Workload,
 };
+use pgrelay_testkit::{query as sql, query_scalar as scalar};
 use tokio::process::{Child, Command};
 
 const PGRELAY: &str = env!("CARGO_BIN_EXE_pgrelay");
-
-async fn sql(c: &tokio_postgres::Client, q: &str) -> Vec<Vec<Option<String>>> {
-    simple_rows(c, q)
-        .await
-        .unwrap_or_else(|e| panic!("{q}: {}", describe(&e)))
-}
-
-async fn scalar(c: &tokio_postgres::Client, q: &str) -> String {
-    sql(c, q).await[0][0].clone().unwrap_or_default()
-}
 
 fn logical(major: u32) -> Cluster {
     Cluster::builder(major)

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use pgrelay_testkit::{describe, simple_rows, unique_name, Cluster};
+use pgrelay_testkit::query as sql;
+use pgrelay_testkit::{unique_name, Cluster};
 use serde_json::Value as Json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -70,12 +71,6 @@ async fn tail_slot(
     let run = tail(&args).await;
     assert!(run.status.success(), "tail {args:?} failed: {}", run.stderr);
     run.events
-}
-
-async fn sql(c: &tokio_postgres::Client, q: &str) -> Vec<Vec<Option<String>>> {
-    simple_rows(c, q)
-        .await
-        .unwrap_or_else(|e| panic!("{q}: {}", describe(&e)))
 }
 
 async fn current_lsn(c: &tokio_postgres::Client) -> String {

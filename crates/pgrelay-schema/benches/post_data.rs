@@ -10,19 +10,8 @@
 use std::time::{Duration, Instant};
 
 use pgrelay_schema::{apply_post_data, apply_pre_data, dump_schema, SchemaOptions};
+use pgrelay_testkit::bench::{env_num, median};
 use pgrelay_testkit::Cluster;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn load(table: usize, rows: u64) -> String {
     format!(

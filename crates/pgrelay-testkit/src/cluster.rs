@@ -784,6 +784,19 @@ pub async fn connect_plain(conninfo: &str) -> Result<Client, tokio_postgres::Err
 }
 
 /// Rows of every statement in `sql`, as text (NULL as None).
+/// [`simple_rows`] for tests: panics with the statement and the server's
+/// message on error.
+pub async fn query(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    simple_rows(client, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)))
+}
+
+/// The first column of the first row of [`query`] ("" for NULL).
+pub async fn query_scalar(client: &Client, sql: &str) -> String {
+    query(client, sql).await[0][0].clone().unwrap_or_default()
+}
+
 pub async fn simple_rows(
     client: &Client,
     sql: &str,

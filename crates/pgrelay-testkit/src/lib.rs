@@ -9,6 +9,7 @@
 //! or stalls TCP connections. Binaries come from `scripts/install-postgres.sh`
 //! (see [`install`]); a missing major fails the test with that command.
 
+pub mod bench;
 pub mod cluster;
 pub mod compare;
 pub mod fixtures;
@@ -18,8 +19,8 @@ pub mod tls;
 pub mod workload;
 
 pub use cluster::{
-    connect_plain, describe, free_port, simple_rows, unique_name, Cluster, ClusterBuilder,
-    CERT_ROLE, MD5_ROLE, REPLICATION_ROLE, SCRAM_ROLE, SUPERUSER, TEST_PASSWORD,
+    connect_plain, describe, free_port, query, query_scalar, simple_rows, unique_name, Cluster,
+    ClusterBuilder, CERT_ROLE, MD5_ROLE, REPLICATION_ROLE, SCRAM_ROLE, SUPERUSER, TEST_PASSWORD,
 };
 pub use compare::{assert_databases_equal, compare_databases, Comparison, TableDifference};
 pub use install::{client_tool, majors, selected, PgInstall, SUPPORTED_MAJORS};
