@@ -662,12 +662,22 @@ async fn a_fatal_error_stops_one_target_while_the_other_continues() {
         "2",
         "the failed transaction must not be partly applied"
     );
-    // The slot did not move past what the failed target applied.
+    // The slot did not move past what the failed target applied: its
+    // progress row, or (when its first streamed batch was the failing one)
+    // the copy's snapshot point.
     let bad_lsn = scalar(
         &bad_c,
-        &format!("SELECT end_lsn::text FROM pgrelay.progress WHERE pipeline = '{slot}'"),
+        &format!(
+            "SELECT coalesce( \
+               (SELECT end_lsn FROM pgrelay.progress WHERE pipeline = '{slot}'), \
+               (SELECT max(sync_lsn) FROM pgrelay.table_sync WHERE pipeline = '{slot}'))::text"
+        ),
     )
     .await;
+    assert!(
+        !bad_lsn.is_empty(),
+        "the failed target has no position at all"
+    );
     let behind = scalar(
         &src,
         &format!(
