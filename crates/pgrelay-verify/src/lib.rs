@@ -1,14 +1,16 @@
 //! `pgrelay verify`: are the target's tables identical to the source's?
 //!
 //! Per table, a row count and an order-independent checksum over every row
-//! — `sum(hashtextextended(ROW(<source columns by name>)::text, 0))`, an
-//! exact numeric sum of 64-bit hashes — computed in key ranges (see
-//! [`plan`]) on both servers at once: `parallel` connections per side, the
-//! source workers feeding the target workers through a bounded queue, so
-//! the two scans overlap and each side's scan is itself split across
-//! connections. A range differs when its count or sum differs; the first
-//! [`MAX_REPORTED_RANGES`] differing ranges of a table are reported with
-//! their key bounds.
+//! — the exact numeric sum of a 64-bit row hash built from per-column
+//! hashes (see `plan::pair`) — computed in key ranges (see [`plan`]) on
+//! both servers at once: `parallel` connections per side; each source
+//! worker hands its item to the target workers as soon as it holds its
+//! snapshot, so the two sides scan the same item at the same time. A table
+//! whose key is one collation-free column is read in ONE sequential scan
+//! per side that sorts rows into the ranges (`width_bucket`); other tables
+//! in one index range scan per range. A range differs when its count or
+//! sum differs; the first [`MAX_REPORTED_RANGES`] differing ranges of a
+//! table are reported with their key bounds.
 //!
 //! Consistency while a pipeline streams: each source range is read in its
 //! own REPEATABLE READ READ ONLY transaction whose first statement reads
@@ -33,7 +35,9 @@
 //! PostgreSQL docs: "Transaction Isolation" (transaction-iso, Repeatable
 //! Read), "System Administration Functions" (pg_current_wal_lsn),
 //! "pg_replication_slots", "Aggregate Functions" (sum over bigint is
-//! numeric, exact).
+//! numeric, exact), "Mathematical Functions" (width_bucket with a
+//! thresholds array), "Hash Indexes"/"Interfacing Extensions to Indexes"
+//! (hash support function 2, the extended hashes).
 
 mod error;
 mod plan;
@@ -47,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 use pgrelay_types::Lsn;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::Client;
 
 pub use error::{Side, VerifyError};
@@ -387,12 +391,30 @@ async fn check_all(
     options: &VerifyOptions,
     applied: watch::Receiver<Lsn>,
 ) -> Result<Checked, VerifyError> {
-    let work: Vec<(usize, usize)> = plans
+    // A split table whose key can be bucketed is read in one sequential
+    // scan per side that sorts rows into its ranges (`bucket_query`):
+    // cheaper than one index range scan per range. Re-checks read single
+    // ranges.
+    let work: Vec<Work> = plans
         .iter()
         .enumerate()
-        .flat_map(|(t, p)| (0..p.ranges()).map(move |r| (t, r)))
+        .flat_map(|(t, p)| {
+            let whole = p.ranges() > 1 && p.sql.as_ref().is_some_and(|(s, _)| s.bucketable);
+            let items: Vec<Work> = if whole {
+                vec![Work::Buckets(t)]
+            } else {
+                (0..p.ranges()).map(|r| Work::Range(t, r)).collect()
+            };
+            items
+        })
         .collect();
-    tracing::info!(tables = plans.len(), ranges = work.len(), "verifying");
+    let ranges: usize = plans.iter().map(TablePlan::ranges).sum();
+    tracing::info!(
+        tables = plans.len(),
+        ranges,
+        scans = work.len(),
+        "verifying"
+    );
     let (mut outcomes, mut spent) = check_pass(plans, src, tgt, options, &applied, work).await?;
     for attempt in 1..=options.retries {
         let mut differing: Vec<(usize, usize)> = outcomes
@@ -412,6 +434,10 @@ async fn check_all(
             "re-checking differing ranges"
         );
         tokio::time::sleep(pause).await;
+        let differing = differing
+            .into_iter()
+            .map(|(t, r)| Work::Range(t, r))
+            .collect();
         let (again, more) = check_pass(plans, src, tgt, options, &applied, differing).await?;
         outcomes.extend(again);
         for (t, d) in more {
@@ -429,12 +455,16 @@ async fn check_pass(
     tgt: &[Client],
     options: &VerifyOptions,
     applied: &watch::Receiver<Lsn>,
-    work: Vec<(usize, usize)>,
+    work: Vec<Work>,
 ) -> Result<Checked, VerifyError> {
     // Per table: when its first range started and its last one ended.
     let spans: Mutex<HashMap<usize, (Instant, Instant)>> = Mutex::new(HashMap::new());
     let queue = Mutex::new(VecDeque::from(work));
-    let (tx, rx) = mpsc::channel::<((usize, usize), Agg, Lsn)>(src.len() * 2);
+    // Each item reaches the target side as soon as its source snapshot
+    // (and LSN) is taken, with a oneshot for the source's aggregates: the
+    // two sides scan the same item at the same time.
+    type SourceAggs = oneshot::Receiver<Vec<(usize, Agg)>>;
+    let (tx, rx) = mpsc::channel::<(Work, Lsn, SourceAggs)>(src.len() * 2);
     let rx = tokio::sync::Mutex::new(rx);
     let results = Mutex::new(HashMap::new());
     let senders: Vec<_> = src.iter().map(|c| (c, tx.clone())).collect();
@@ -450,14 +480,17 @@ async fn check_pass(
                 spans
                     .lock()
                     .expect("spans lock")
-                    .entry(item.0)
+                    .entry(item.table())
                     .or_insert((now, now));
-                let (agg, lsn) =
-                    source_range(client, &plans[item.0], item.1, options.snapshot.as_deref())
-                        .await?;
-                if tx.send((item, agg, lsn)).await.is_err() {
+                let plan = &plans[item.table()];
+                let lsn = source_snapshot(client, plan, item, options.snapshot.as_deref()).await?;
+                let (aggs_tx, aggs_rx) = oneshot::channel();
+                if tx.send((item, lsn, aggs_rx)).await.is_err() {
                     return Ok(());
                 }
+                let aggs = source_read(client, plan, item).await?;
+                // The target side gone means the pass is failing already.
+                let _ = aggs_tx.send(aggs);
             }
         }
     });
@@ -467,18 +500,24 @@ async fn check_pass(
         async move {
             loop {
                 let next = rx.lock().await.recv().await;
-                let Some((item, sagg, lsn)) = next else {
+                let Some((item, lsn, saggs)) = next else {
                     return Ok::<_, VerifyError>(());
                 };
                 if let Some(pipeline) = &options.pipeline {
                     wait_applied(&mut applied, lsn, pipeline).await?;
                 }
-                let tagg = target_range(client, &plans[item.0], item.1).await?;
-                results
-                    .lock()
-                    .expect("results lock")
-                    .insert(item, (sagg, tagg));
-                if let Some(span) = spans.lock().expect("spans lock").get_mut(&item.0) {
+                let taggs = target_read(client, plans, item).await?;
+                // A source worker that failed returns its error to the
+                // join, which ends this worker too.
+                let saggs = saggs.await.map_err(|_| VerifyError::Interrupted)?;
+                {
+                    let mut results = results.lock().expect("results lock");
+                    let ranges = plans[item.table()].ranges();
+                    for (r, (s, t)) in pair_aggs(item, ranges, saggs, taggs) {
+                        results.insert((item.table(), r), (s, t));
+                    }
+                }
+                if let Some(span) = spans.lock().expect("spans lock").get_mut(&item.table()) {
                     span.1 = Instant::now();
                 }
             }
@@ -543,18 +582,101 @@ fn agg(row: &tokio_postgres::Row) -> Agg {
     }
 }
 
-/// Reads one range on the source in a REPEATABLE READ snapshot; returns its
-/// aggregate and an LSN at or past every commit the snapshot sees.
-async fn source_range(
+/// One unit of work of a pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    /// Range `.1` of table `.0`, through its key index.
+    Range(usize, usize),
+    /// Every range of table `.0` in one sequential scan.
+    Buckets(usize),
+}
+
+impl Work {
+    fn table(self) -> usize {
+        match self {
+            Work::Range(t, _) | Work::Buckets(t) => t,
+        }
+    }
+
+    fn describe(self, plan: &TablePlan) -> String {
+        match self {
+            Work::Range(_, r) => format!("checking {}.{} range {r}", plan.schema, plan.name),
+            Work::Buckets(_) => format!("checking {}.{}", plan.schema, plan.name),
+        }
+    }
+}
+
+/// Runs `item`'s query on one side; per range index, its aggregate. A
+/// bucket scan returns only the ranges that hold rows.
+async fn read(
     client: &Client,
     plan: &TablePlan,
-    r: usize,
+    sql: &SideSql,
+    item: Work,
+) -> Result<Vec<(usize, Agg)>, tokio_postgres::Error> {
+    match item {
+        Work::Range(_, r) => {
+            let (lo, hi, p) = params(plan, r);
+            let row = client.query_one(&sql.range_query(lo, hi), &p).await?;
+            Ok(vec![(r, agg(&row))])
+        }
+        Work::Buckets(_) => {
+            let rows = client.query(&sql.bucket_query(&plan.points), &[]).await?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    let bucket: i32 = row.get(0);
+                    (
+                        usize::try_from(bucket).unwrap_or(0),
+                        Agg {
+                            count: row.get(1),
+                            sum: row.get(2),
+                        },
+                    )
+                })
+                .collect())
+        }
+    }
+}
+
+/// Both sides' aggregates per range of `item`, an empty range counting
+/// as zero rows with sum 0 (what a range query returns for it).
+fn pair_aggs(
+    item: Work,
+    ranges: usize,
+    source: Vec<(usize, Agg)>,
+    target: Vec<(usize, Agg)>,
+) -> Vec<(usize, Outcome)> {
+    let empty = || Agg {
+        count: 0,
+        sum: "0".to_string(),
+    };
+    let mut out: HashMap<usize, Outcome> = HashMap::new();
+    let all = match item {
+        Work::Range(_, r) => r..r + 1,
+        Work::Buckets(_) => 0..ranges,
+    };
+    for r in all {
+        out.insert(r, (empty(), empty()));
+    }
+    for (r, a) in source {
+        out.entry(r).or_insert_with(|| (empty(), empty())).0 = a;
+    }
+    for (r, a) in target {
+        out.entry(r).or_insert_with(|| (empty(), empty())).1 = a;
+    }
+    out.into_iter().collect()
+}
+
+/// Opens `item`'s REPEATABLE READ READ ONLY transaction on the source and
+/// returns an LSN at or past every commit its snapshot sees.
+async fn source_snapshot(
+    client: &Client,
+    plan: &TablePlan,
+    item: Work,
     snapshot: Option<&str>,
-) -> Result<(Agg, Lsn), VerifyError> {
-    let (sql, _) = plan.sql.as_ref().expect("only planned tables have ranges");
-    let (lo, hi, p) = params(plan, r);
-    let what = || format!("checking {}.{} range {r}", plan.schema, plan.name);
-    let err = |e| VerifyError::sql(Side::Source, what(), e);
+) -> Result<Lsn, VerifyError> {
+    let err = |e| VerifyError::sql(Side::Source, item.describe(plan), e);
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
@@ -574,29 +696,32 @@ async fn source_range(
         .await
         .map_err(err)?
         .get(0);
-    let row = client
-        .query_one(&sql.range_query(lo, hi), &p)
-        .await
-        .map_err(err)?;
-    client.batch_execute("COMMIT").await.map_err(err)?;
-    let lsn = Lsn::from_str(&lsn).unwrap_or(Lsn::INVALID);
-    Ok((agg(&row), lsn))
+    Ok(Lsn::from_str(&lsn).unwrap_or(Lsn::INVALID))
 }
 
-async fn target_range(client: &Client, plan: &TablePlan, r: usize) -> Result<Agg, VerifyError> {
+/// Reads `item` in the transaction [`source_snapshot`] opened, and ends it.
+async fn source_read(
+    client: &Client,
+    plan: &TablePlan,
+    item: Work,
+) -> Result<Vec<(usize, Agg)>, VerifyError> {
+    let (sql, _) = plan.sql.as_ref().expect("only planned tables have ranges");
+    let err = |e| VerifyError::sql(Side::Source, item.describe(plan), e);
+    let aggs = read(client, plan, sql, item).await.map_err(err)?;
+    client.batch_execute("COMMIT").await.map_err(err)?;
+    Ok(aggs)
+}
+
+async fn target_read(
+    client: &Client,
+    plans: &[TablePlan],
+    item: Work,
+) -> Result<Vec<(usize, Agg)>, VerifyError> {
+    let plan = &plans[item.table()];
     let (_, sql) = plan.sql.as_ref().expect("only planned tables have ranges");
-    let (lo, hi, p) = params(plan, r);
-    let row = client
-        .query_one(&sql.range_query(lo, hi), &p)
+    read(client, plan, sql, item)
         .await
-        .map_err(|e| {
-            VerifyError::sql(
-                Side::Target,
-                format!("checking {}.{} range {r}", plan.schema, plan.name),
-                e,
-            )
-        })?;
-    Ok(agg(&row))
+        .map_err(|e| VerifyError::sql(Side::Target, item.describe(plan), e))
 }
 
 fn report(
