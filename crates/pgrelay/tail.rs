@@ -286,6 +286,11 @@ async fn stream(
                 printer.message(&m, None)?;
                 printer.flush()?;
             }
+            // tail never turns eager streams on: it prints whole
+            // transactions, in commit order.
+            Reassembled::StreamChange { .. }
+            | Reassembled::StreamAbort { .. }
+            | Reassembled::StreamCommit(_) => {}
             Reassembled::Transaction(txn) => {
                 let info = txn.info.clone();
                 printer.begin(&info)?;

@@ -413,6 +413,130 @@ impl Applier {
         Ok(())
     }
 
+    /// A source transaction streamed while still in progress (pgoutput
+    /// Stream Start .. Stream Commit) begins: its changes are applied as
+    /// they arrive, in a target transaction of its own that commits (with
+    /// progress) at [`Applier::commit_streamed`] or is rolled back by
+    /// [`Applier::abort_streamed`]. Its commit LSN is not known yet, so
+    /// whether it was applied before is decided at commit. Use an applier
+    /// (connection) of its own for it: the caller's other transactions keep
+    /// committing meanwhile, in source commit order, on another one.
+    pub async fn begin_streamed(&mut self) -> Result<(), ApplyError> {
+        self.usable()?;
+        if self.current.is_some() || self.pending.is_some() {
+            let msg = "begin_streamed() while a transaction is open or pending; commit or \
+                       flush it first"
+                .to_string();
+            return Err(self.fail(ApplyError::Usage(msg)));
+        }
+        // Its commit is after everything seen so far: it must not be
+        // mistaken for a transaction an initial copy already holds (the
+        // caller only streams transactions that started after every
+        // table's sync point).
+        self.current = Some(Current {
+            commit_lsn: Lsn(u64::MAX),
+            skip: false,
+        });
+        Ok(())
+    }
+
+    /// Marks where a subtransaction of the streamed transaction starts:
+    /// everything buffered is sent first, then `SAVEPOINT <name>`, so a
+    /// later [`Applier::rollback_to`] undoes exactly what came after.
+    pub async fn savepoint(&mut self, name: &str) -> Result<(), ApplyError> {
+        self.usable()?;
+        let r = self.savepoint_inner("SAVEPOINT", name).await;
+        self.guard(r)
+    }
+
+    /// A subtransaction aborted on the source: undo everything since its
+    /// savepoint (including later, nested ones). Buffered, unsent work all
+    /// came after the newest savepoint, so it is dropped unsent.
+    pub async fn rollback_to(&mut self, name: &str) -> Result<(), ApplyError> {
+        self.usable()?;
+        self.run = None;
+        self.deferred.clear();
+        self.deferred_len = 0;
+        let r = self.savepoint_inner("ROLLBACK TO SAVEPOINT", name).await;
+        self.guard(r)
+    }
+
+    async fn savepoint_inner(&mut self, verb: &str, name: &str) -> Result<(), ApplyError> {
+        self.flush_run().await?;
+        self.flush_deferred_all().await?;
+        self.ensure_tx().await?;
+        let sql = format!("{verb} {}", quote_ident(name));
+        let c = self.client.clone();
+        let fut: PgFuture = Box::pin(async move { c.batch_execute(&sql).await.map(|_| 0) });
+        let job = Job {
+            op: Op::Savepoint,
+            table: None,
+            commit_lsn: None,
+            bytes: 0,
+            rows: 0,
+        };
+        self.pipeline.push(fut, job).await
+    }
+
+    /// The streamed transaction aborted on the source (or must be dropped
+    /// because the source will send it again): roll back everything it
+    /// applied.
+    pub async fn abort_streamed(&mut self) -> Result<(), ApplyError> {
+        self.usable()?;
+        self.current = None;
+        self.run = None;
+        self.deferred.clear();
+        self.deferred_len = 0;
+        self.batch_counts = [0; 5];
+        self.batch_rows = 0;
+        self.batch_bytes = 0;
+        self.batch_started = None;
+        if !self.in_tx {
+            return Ok(());
+        }
+        let c = self.client.clone();
+        let fut: PgFuture = Box::pin(async move { c.batch_execute("ROLLBACK").await.map(|_| 0) });
+        let job = Job {
+            op: Op::Commit,
+            table: None,
+            commit_lsn: None,
+            bytes: 0,
+            rows: 0,
+        };
+        let r = async {
+            self.pipeline.push(fut, job).await?;
+            self.pipeline.drain().await
+        }
+        .await;
+        self.in_tx = false;
+        self.guard(r)
+    }
+
+    /// The streamed transaction committed on the source at `info`: commit
+    /// it on the target together with its progress, unless `info` is at or
+    /// before `applied` (the caller's newest durable progress) or this
+    /// applier's own, which means a previous run applied it already; then
+    /// it is rolled back. Returns whether it was committed.
+    pub async fn commit_streamed(
+        &mut self,
+        info: &TransactionInfo,
+        applied: Option<Lsn>,
+    ) -> Result<bool, ApplyError> {
+        self.usable()?;
+        let last = applied.max(self.durable.map(|p| p.commit_lsn));
+        if last.is_some_and(|l| info.commit_lsn <= l) {
+            tracing::debug!(lsn = %info.commit_lsn, "streamed transaction already applied; rolling it back");
+            self.abort_streamed().await?;
+            return Ok(false);
+        }
+        if let Some(cur) = &mut self.current {
+            cur.commit_lsn = info.commit_lsn;
+        }
+        self.commit(info).await?;
+        self.flush().await?;
+        Ok(true)
+    }
+
     /// True when the open target transaction reached `max_batch_rows` or
     /// `max_batch_bytes`, or has been open longer than `max_batch_delay`.
     /// Always false inside a source transaction: a target transaction can

@@ -52,6 +52,7 @@ pub(crate) enum Op {
     Truncate,
     Progress,
     Commit,
+    Savepoint,
 }
 
 impl Op {
@@ -64,6 +65,7 @@ impl Op {
             Op::Truncate => "truncate",
             Op::Progress => "progress update",
             Op::Commit => "COMMIT",
+            Op::Savepoint => "SAVEPOINT",
         }
     }
 }

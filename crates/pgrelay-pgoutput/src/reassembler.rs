@@ -179,6 +179,29 @@ pub enum Reassembled<R> {
     /// A non-transactional `pg_logical_emit_message()`, delivered as soon
     /// as it was decoded (it belongs to no transaction).
     Message(LogicalMessage),
+    /// In eager mode ([`Reassembler::set_eager_streams`]): a change of the
+    /// streamed transaction `xid`, made by subtransaction `subxid` (`xid`
+    /// itself outside subtransactions), handed out as it arrives.
+    StreamChange {
+        /// Top-level transaction.
+        xid: Xid,
+        /// The (sub)transaction that made the change.
+        subxid: Xid,
+        /// The change.
+        change: Change,
+    },
+    /// In eager mode: the streamed transaction `xid` aborted (`subxid ==
+    /// xid`), or only its subtransaction `subxid` did; undo what was
+    /// handed out for it.
+    StreamAbort {
+        /// Top-level transaction.
+        xid: Xid,
+        /// The aborted (sub)transaction.
+        subxid: Xid,
+    },
+    /// In eager mode: the streamed transaction committed; every change of
+    /// it was handed out before.
+    StreamCommit(TransactionInfo),
 }
 
 /// Buffered changes of one transaction.
@@ -351,7 +374,7 @@ pub struct ReassemblerStats {
     pub spilled_changes: u64,
     /// Transactions emitted so far.
     pub transactions: u64,
-    /// Streamed transactions currently open.
+    /// Streamed transactions currently open (eager one included).
     pub open_streams: usize,
     /// Prepared transactions waiting for COMMIT/ROLLBACK PREPARED.
     pub pending_prepared: usize,
@@ -367,6 +390,12 @@ pub struct Reassembler<S: SpillStore> {
     stream: Option<Xid>,
     streams: IdMap<Xid, StreamTxn>,
     prepared: HashMap<ByteStr, PreparedTxn>,
+    /// Whether a streamed transaction may be handed out as it arrives.
+    eager_enabled: bool,
+    /// The streamed transaction handed out as it arrives (at most one at
+    /// a time: the consumer applies it on a connection of its own), and
+    /// its origin.
+    eager: Option<(Xid, Option<Origin>)>,
     next_spill: u64,
     scratch: Vec<u8>,
     spilled_changes: u64,
@@ -386,12 +415,31 @@ impl<S: SpillStore> Reassembler<S> {
             stream: None,
             streams: IdMap::default(),
             prepared: HashMap::new(),
+            eager_enabled: false,
+            eager: None,
             next_spill: 0,
             scratch: Vec::new(),
             spilled_changes: 0,
             transactions: 0,
             poisoned: false,
         }
+    }
+
+    /// Eager mode: the first streamed transaction that starts while no
+    /// other is eager is not buffered; its changes, subtransaction aborts
+    /// and commit come out as [`Reassembled::StreamChange`],
+    /// [`Reassembled::StreamAbort`] and [`Reassembled::StreamCommit`] as
+    /// they arrive, so the consumer can apply it while the server is still
+    /// sending it (no spill, decode and apply overlap). Streamed
+    /// transactions that start while one is eager are buffered as usual.
+    /// Its Stream Prepare (two-phase) is rejected: enable one or the other.
+    pub fn set_eager_streams(&mut self, on: bool) {
+        self.eager_enabled = on;
+    }
+
+    /// The streamed transaction currently handed out as it arrives.
+    pub fn eager_stream(&self) -> Option<Xid> {
+        self.eager.as_ref().map(|(x, _)| *x)
     }
 
     /// The spill store.
@@ -405,7 +453,7 @@ impl<S: SpillStore> Reassembler<S> {
             buffered_bytes: self.buffered,
             spilled_changes: self.spilled_changes,
             transactions: self.transactions,
-            open_streams: self.streams.len(),
+            open_streams: self.streams.len() + usize::from(self.eager.is_some()),
             pending_prepared: self.prepared.len(),
         }
     }
@@ -521,6 +569,13 @@ impl<S: SpillStore> Reassembler<S> {
             }
             Message::StreamPrepare(p) => {
                 self.expect_idle("Stream Prepare")?;
+                if self.eager_stream() == Some(p.xid) {
+                    return Self::unexpected(
+                        "Stream Prepare",
+                        "for a transaction handed out eagerly (two-phase decoding and eager \
+                         streams do not mix)",
+                    );
+                }
                 let Some(t) = self.streams.remove(&p.xid) else {
                     return Err(ReassembleError::UnknownStream {
                         message: "Stream Prepare",
@@ -568,6 +623,12 @@ impl<S: SpillStore> Reassembler<S> {
             Message::Origin(o) => {
                 if let Some(open) = &mut self.open {
                     open.origin = Some(o);
+                } else if let Some((_, origin)) = self
+                    .eager
+                    .as_mut()
+                    .filter(|(x, _)| Some(*x) == self.stream)
+                {
+                    *origin = Some(o);
                 } else if let Some(t) = self.stream.and_then(|x| self.streams.get_mut(&x)) {
                     t.origin = Some(o);
                 } else {
@@ -622,7 +683,8 @@ impl<S: SpillStore> Reassembler<S> {
                 if self.stream.is_some() {
                     return Self::unexpected("Stream Start", "inside another stream block");
                 }
-                let known = self.streams.contains_key(&s.xid);
+                let known =
+                    self.streams.contains_key(&s.xid) || self.eager_stream() == Some(s.xid);
                 match (s.first_segment, known) {
                     (true, true) => return Err(ReassembleError::DuplicateStream { xid: s.xid }),
                     (false, false) => {
@@ -630,6 +692,9 @@ impl<S: SpillStore> Reassembler<S> {
                             message: "Stream Start",
                             xid: s.xid,
                         })
+                    }
+                    (true, false) if self.eager_enabled && self.eager.is_none() => {
+                        self.eager = Some((s.xid, None));
                     }
                     (true, false) => {
                         self.streams.insert(
@@ -653,6 +718,18 @@ impl<S: SpillStore> Reassembler<S> {
             }
             Message::StreamCommit(c) => {
                 self.expect_idle("Stream Commit")?;
+                if self.eager_stream() == Some(c.xid) {
+                    let origin = self.eager.take().and_then(|(_, o)| o);
+                    self.transactions += 1;
+                    return Ok(Some(Reassembled::StreamCommit(TransactionInfo {
+                        xid: c.xid,
+                        commit_lsn: c.commit_lsn,
+                        end_lsn: c.end_lsn,
+                        commit_ts: c.commit_ts,
+                        origin,
+                        kind: TransactionKind::Streamed,
+                    })));
+                }
                 let Some(t) = self.streams.remove(&c.xid) else {
                     return Err(ReassembleError::UnknownStream {
                         message: "Stream Commit",
@@ -673,6 +750,15 @@ impl<S: SpillStore> Reassembler<S> {
                 self.expect_idle("Stream Abort")?;
                 // Aborts of transactions we hold nothing for are harmless:
                 // there is nothing to drop.
+                if self.eager_stream() == Some(a.xid) {
+                    if a.xid == a.subxid {
+                        self.eager = None;
+                    }
+                    return Ok(Some(Reassembled::StreamAbort {
+                        xid: a.xid,
+                        subxid: a.subxid,
+                    }));
+                }
                 if a.xid == a.subxid {
                     if let Some(t) = self.streams.remove(&a.xid) {
                         self.drop_buffer(t.buf)?;
@@ -714,6 +800,15 @@ impl<S: SpillStore> Reassembler<S> {
         xid: Option<Xid>,
         change: Change,
     ) -> Result<Option<Reassembled<S::Reader>>, ReassembleError> {
+        if let (Some(top), Some((eager, _))) = (self.stream, &self.eager) {
+            if top == *eager {
+                return Ok(Some(Reassembled::StreamChange {
+                    xid: top,
+                    subxid: xid.unwrap_or(top),
+                    change,
+                }));
+            }
+        }
         let size = change.approx_size();
         if let Some(open) = &mut self.open {
             open.buf.push(None, change, size);

@@ -115,6 +115,65 @@ fn interleaved_streams_with_subtransaction_abort() {
     }
 }
 
+/// Eager mode: the first streamed transaction comes out as it arrives
+/// (changes tagged with their subtransaction, then its aborts and commit);
+/// one that starts while it is open is buffered as usual; once the eager
+/// one ended, the next stream is eager again.
+#[test]
+fn eager_stream_is_handed_out_as_it_arrives() {
+    let msgs = [
+        rel(),
+        stream_start(10, true),
+        insert(Some(10), 100, &[v("10a"), None]),
+        insert(Some(11), 100, &[v("11a"), None]),
+        stream_stop(),
+        stream_start(20, true),
+        insert(Some(20), 100, &[v("20a"), None]),
+        stream_stop(),
+        stream_start(10, false),
+        insert(Some(12), 100, &[v("12a"), None]),
+        stream_stop(),
+        stream_abort(10, 11),
+        stream_commit(10, 0xa00, 0xa28),
+        stream_commit(20, 0xb00, 0xb28),
+        stream_start(30, true),
+        insert(Some(30), 100, &[v("30a"), None]),
+        stream_stop(),
+        stream_abort(30, 30),
+    ];
+    let mut dec = Decoder::new(v2());
+    let mut re = Reassembler::new(MemorySpillStore::default(), usize::MAX);
+    re.set_eager_streams(true);
+    let mut o = Outcome::default();
+    let mut open_during = Vec::new();
+    for m in &msgs {
+        let msg = dec.decode(m).expect("decode");
+        if let Some(out) = re.push(msg).expect("push") {
+            collect::<MemorySpillStore>(out, &mut o);
+        }
+        open_during.push(re.stats().open_streams);
+    }
+    assert_eq!(
+        o.eager,
+        [
+            "change 10 10 10a",
+            "change 10 11 11a",
+            "change 10 12 12a",
+            "abort 10 11",
+            "commit 10 0/A00",
+            "change 30 30 30a",
+            "abort 30 30",
+        ]
+    );
+    let [t20] = &o.transactions[..] else {
+        panic!("{o:?}")
+    };
+    assert_eq!(ids(&t20.changes), ["20a"]);
+    assert_eq!(re.eager_stream(), None);
+    assert_eq!(re.stats().open_streams, 0);
+    assert_eq!(open_during.iter().max(), Some(&2));
+}
+
 #[test]
 fn toplevel_stream_abort_drops_everything() {
     for budget in [0, usize::MAX] {

@@ -82,6 +82,12 @@ impl StreamError {
 pub struct Pipeline {
     config: StreamConfig,
     state: Arc<PipelineState>,
+    /// The highest position any target is known to have applied (from
+    /// the progress rows at setup). A transaction that starts streaming
+    /// before the source passed it may already be applied on that target,
+    /// which only its commit LSN can tell, so it is not applied while it
+    /// streams (see `SourceReader::eager_after`).
+    applied_high: Mutex<Lsn>,
 }
 
 impl Pipeline {
@@ -95,7 +101,11 @@ impl Pipeline {
         let mut state = PipelineState::new(&config.slot, targets);
         state.database = config.database.clone();
         let state = Arc::new(state);
-        Pipeline { config, state }
+        Pipeline {
+            config,
+            state,
+            applied_high: Mutex::new(Lsn::INVALID),
+        }
     }
 
     /// Live state for `/health` and metrics.
@@ -220,6 +230,26 @@ impl Pipeline {
         if *stop.borrow() {
             return Err(StreamError::ShuttingDown);
         }
+        for (name, client) in &targets {
+            let fatal = |e| StreamError::Fatal(format!("target {name}: {e}"));
+            let progress = pgrelay_apply::meta::load_progress(client, &config.slot)
+                .await
+                .map_err(fatal)?;
+            // A table copied from a later snapshot skips changes committed
+            // before its sync point, which a transaction streaming in
+            // progress cannot be checked against: it must start after.
+            let synced = pgrelay_apply::meta::load_table_sync(client, &config.slot)
+                .await
+                .map_err(fatal)?;
+            let mut high = self.applied_high.lock().expect("applied_high lock");
+            for lsn in progress
+                .map(|p| p.end_lsn)
+                .into_iter()
+                .chain(synced.iter().filter_map(|s| s.sync_lsn))
+            {
+                *high = (*high).max(lsn);
+            }
+        }
         Ok(start)
     }
 
@@ -230,8 +260,32 @@ impl Pipeline {
         }
     }
 
+    /// Streams until `stop`; a target that failed while applying a
+    /// transaction still being streamed asks for a restart, which begins
+    /// again from the slot (like a process restart, without one).
     async fn stream(&self, stop: watch::Receiver<bool>) -> Result<(), StreamError> {
+        loop {
+            let restart = Arc::new(AtomicBool::new(false));
+            let r = self.stream_once(stop.clone(), restart.clone()).await;
+            if !restart.load(std::sync::atomic::Ordering::Acquire) || *stop.borrow() {
+                return r;
+            }
+            tracing::info!("pipeline restarting from the slot's confirmed position");
+        }
+    }
+
+    async fn stream_once(
+        &self,
+        stop: watch::Receiver<bool>,
+        restart: Arc<AtomicBool>,
+    ) -> Result<(), StreamError> {
         let config = &self.config;
+        let eager_after = self
+            .state
+            .targets
+            .iter()
+            .map(|t| t.applied())
+            .fold(*self.applied_high.lock().expect("applied_high lock"), Lsn::max);
         self.state.set_phase("streaming");
         let spill = Arc::new(Mutex::new(
             SpillDir::open(&config.apply.spill_dir, Some(config.apply.spill_budget))
@@ -242,6 +296,7 @@ impl Pipeline {
         // reader stops once they all did, so its final status update
         // confirms what they committed last.
         let (worker_stop_tx, worker_stop) = watch::channel(false);
+        let worker_stop_tx = Arc::new(worker_stop_tx);
         let (source_stop_tx, source_stop) = watch::channel(false);
         let mut readers = Vec::new();
         let mut workers = tokio::task::JoinSet::new();
@@ -276,10 +331,11 @@ impl Pipeline {
                     max_batch_delay: config.apply.max_batch_delay,
                 },
                 max_retry_delay: config.apply.max_retry_delay,
+                restart: restart.clone(),
+                stop: worker_stop_tx.clone(),
             };
             workers.spawn(worker.run(worker_stop.clone()));
         }
-        let worker_stop_tx = Arc::new(worker_stop_tx);
         {
             let tx = worker_stop_tx.clone();
             let mut ext = stop.clone();
@@ -303,12 +359,13 @@ impl Pipeline {
             transaction_memory: config.apply.transaction_memory,
             max_retry_delay: config.apply.max_retry_delay,
             unnotified: Default::default(),
+            eager_after,
         };
         let result = reader.run(source_stop).await;
         let _ = worker_stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), joined).await;
         result?;
-        if !*stop.borrow() {
+        if !*stop.borrow() && !restart.load(std::sync::atomic::Ordering::Acquire) {
             let failed: Vec<String> = self
                 .state
                 .targets

@@ -48,12 +48,35 @@ pub enum Event {
     Commit(Arc<TransactionInfo>, Lsn),
     /// The source is idle and has sent everything before this position.
     Position(Lsn),
+    /// Changes of the streamed transaction `xid` that is applied while it
+    /// streams (made by subtransaction `subxid`, `xid` outside
+    /// subtransactions). At most one such transaction is open at a time;
+    /// its events interleave with whole transactions committing meanwhile.
+    StreamChanges {
+        /// Top-level transaction.
+        xid: Xid,
+        /// The (sub)transaction that made them.
+        subxid: Xid,
+        /// The changes.
+        changes: Arc<Vec<Change>>,
+    },
+    /// It (`subxid == xid`) or one of its subtransactions aborted.
+    StreamAbort {
+        /// Top-level transaction.
+        xid: Xid,
+        /// The aborted (sub)transaction.
+        subxid: Xid,
+    },
+    /// It committed; `confirm` as for [`Event::Commit`].
+    StreamCommit(Arc<TransactionInfo>, Lsn),
 }
 
 impl Event {
     fn mem_size(&self) -> usize {
         match self {
-            Event::Changes(c) => c.iter().map(Change::approx_size).sum::<usize>() + 64,
+            Event::Changes(c) | Event::StreamChanges { changes: c, .. } => {
+                c.iter().map(Change::approx_size).sum::<usize>() + 64
+            }
             _ => 128,
         }
     }
@@ -79,6 +102,9 @@ const TAG_COMMIT: u8 = b'C';
 const TAG_POSITION: u8 = b'P';
 const TAG_RELATION: u8 = b'R';
 const TAG_CHANGE: u8 = b'X';
+const TAG_STREAM_CHANGE: u8 = b'S';
+const TAG_STREAM_ABORT: u8 = b'A';
+const TAG_STREAM_COMMIT: u8 = b'K';
 /// Changes handed to the applier per event when reading back from disk.
 const DISK_CHUNK: usize = 2000;
 
@@ -233,7 +259,28 @@ impl TargetLog {
                 r.put_u64(lsn.0);
                 records.push(r);
             }
-            Event::Changes(changes) => {
+            Event::StreamAbort { xid, subxid } => {
+                let mut r = Vec::with_capacity(9);
+                r.push(TAG_STREAM_ABORT);
+                r.put_u32(xid.0);
+                r.put_u32(subxid.0);
+                records.push(r);
+            }
+            Event::StreamCommit(info, confirm) => {
+                records.push(encode_info(TAG_STREAM_COMMIT, info, Some(*confirm)))
+            }
+            Event::Changes(_) | Event::StreamChanges { .. } => {
+                // Plain changes: `X` + change; streamed: `S` + top xid +
+                // change (which carries the subtransaction).
+                let (changes, stream) = match event {
+                    Event::StreamChanges {
+                        xid,
+                        subxid,
+                        changes,
+                    } => (changes, Some((*xid, *subxid))),
+                    Event::Changes(changes) => (changes, None),
+                    _ => unreachable!("matched above"),
+                };
                 for change in changes.iter() {
                     let rels: Vec<&Arc<RelationInfo>> = match change {
                         Change::Truncate { relations, .. } => relations.iter().collect(),
@@ -250,10 +297,17 @@ impl TargetLog {
                             open.relations.push(rel.clone());
                         }
                     }
-                    encode_change(Xid(0), change, &mut self.scratch)
+                    let subxid = stream.map_or(Xid(0), |(_, sub)| sub);
+                    encode_change(subxid, change, &mut self.scratch)
                         .map_err(|e| corrupt(e.to_string()))?;
-                    let mut r = Vec::with_capacity(self.scratch.len() + 1);
-                    r.push(TAG_CHANGE);
+                    let mut r = Vec::with_capacity(self.scratch.len() + 5);
+                    match stream {
+                        Some((xid, _)) => {
+                            r.push(TAG_STREAM_CHANGE);
+                            r.put_u32(xid.0);
+                        }
+                        None => r.push(TAG_CHANGE),
+                    }
                     r.extend_from_slice(&self.scratch);
                     records.push(r);
                 }
@@ -327,10 +381,14 @@ impl TargetLog {
     }
 
     /// Reads one event from the current segment; `None` at its end.
+    /// Consecutive change records of one kind (plain, or one streamed
+    /// (sub)transaction) come out as one event of up to [`DISK_CHUNK`].
     fn read_disk_event(&mut self) -> Result<Option<Event>, LogError> {
         let cursor = self.cursor.as_mut().expect("cursor set");
         let total = self.segments[cursor.segment].records;
         let mut changes = Vec::new();
+        // None: plain changes; Some: the streamed (xid, subxid).
+        let mut kind: Option<Option<(Xid, Xid)>> = None;
         while cursor.record < total {
             let record = match cursor.peeked.take() {
                 Some(r) => r,
@@ -338,20 +396,40 @@ impl TargetLog {
             };
             let tag = record.first().copied().unwrap_or(0);
             match tag {
-                TAG_RELATION | TAG_CHANGE => {
-                    cursor.record += 1;
+                TAG_RELATION | TAG_CHANGE | TAG_STREAM_CHANGE => {
+                    let (body, top) = if tag == TAG_STREAM_CHANGE {
+                        let Some(x) = record.get(1..5) else {
+                            return Err(corrupt("short streamed change record".into()));
+                        };
+                        let x = Xid(u32::from_be_bytes(x.try_into().expect("4 bytes")));
+                        (record.slice(5..), Some(x))
+                    } else {
+                        (record.slice(1..), None)
+                    };
                     let decoded = cursor
                         .decoder
-                        .decode(&record.slice(1..))
+                        .decode(&body)
                         .map_err(|e| corrupt(e.to_string()))?;
-                    if let SpillRecord::Change { change, .. } = decoded {
-                        changes.push(change);
-                        if changes.len() >= DISK_CHUNK {
-                            break;
-                        }
+                    let SpillRecord::Change { change, subxid } = decoded else {
+                        cursor.record += 1;
+                        continue;
+                    };
+                    let this = top.map(|x| (x, subxid));
+                    if kind.is_some_and(|k| k != this) {
+                        // Another kind of change: hand out what we have;
+                        // this record is read again next time (its
+                        // relation definitions are already known).
+                        cursor.peeked = Some(record);
+                        break;
+                    }
+                    cursor.record += 1;
+                    kind = Some(this);
+                    changes.push(change);
+                    if changes.len() >= DISK_CHUNK {
+                        break;
                     }
                 }
-                TAG_BEGIN | TAG_COMMIT | TAG_POSITION => {
+                TAG_BEGIN | TAG_COMMIT | TAG_POSITION | TAG_STREAM_ABORT | TAG_STREAM_COMMIT => {
                     if !changes.is_empty() {
                         // Hand out the changes first; the control record
                         // comes next time.
@@ -365,10 +443,17 @@ impl TargetLog {
             }
         }
         if changes.is_empty() {
-            Ok(None)
-        } else {
-            Ok(Some(Event::Changes(Arc::new(changes))))
+            return Ok(None);
         }
+        let changes = Arc::new(changes);
+        Ok(Some(match kind.flatten() {
+            None => Event::Changes(changes),
+            Some((xid, subxid)) => Event::StreamChanges {
+                xid,
+                subxid,
+                changes,
+            },
+        }))
     }
 
     /// Everything read so far is durable on the target: forget it.
@@ -460,6 +545,15 @@ fn encode_info(tag: u8, info: &TransactionInfo, confirm: Option<Lsn>) -> Vec<u8>
 }
 
 fn decode_event(tag: u8, mut body: Bytes) -> Result<Event, LogError> {
+    if tag == TAG_STREAM_ABORT {
+        if body.len() != 8 {
+            return Err(corrupt("bad stream abort record".into()));
+        }
+        return Ok(Event::StreamAbort {
+            xid: Xid(body.get_u32()),
+            subxid: Xid(body.get_u32()),
+        });
+    }
     if tag == TAG_POSITION {
         if body.len() != 8 {
             return Err(corrupt("bad position record".into()));
@@ -478,10 +572,10 @@ fn decode_event(tag: u8, mut body: Bytes) -> Result<Event, LogError> {
         kind: TransactionKind::Plain,
     });
     let confirm = Lsn(body.get_u64());
-    Ok(if tag == TAG_BEGIN {
-        Event::Begin(info)
-    } else {
-        Event::Commit(info, confirm)
+    Ok(match tag {
+        TAG_BEGIN => Event::Begin(info),
+        TAG_STREAM_COMMIT => Event::StreamCommit(info, confirm),
+        _ => Event::Commit(info, confirm),
     })
 }
 

@@ -91,6 +91,13 @@ pub struct SourceReader {
     pub max_retry_delay: Duration,
     /// Events pushed to the logs since the targets were last woken.
     pub unnotified: AtomicUsize,
+    /// A streamed transaction is applied while it streams only once the
+    /// reader dispatched a commit or position at or past this (the highest
+    /// position any target applied): one that started streaming earlier
+    /// may have committed at or before a target's progress, and that
+    /// target would apply it a second time without knowing (its commit
+    /// LSN arrives only at the end). Such transactions are buffered whole.
+    pub eager_after: Lsn,
 }
 
 struct Cursor {
@@ -186,7 +193,11 @@ impl SourceReader {
         let mut decoder = Decoder::new(decoder_config);
         let spill =
             SpillDir::open(&self.spill_dir, None).map_err(|e| StreamError::Fatal(e.to_string()))?;
+        // The first streamed transaction in progress is handed out as it
+        // arrives and applied while it streams (see `EagerChunk` and
+        // `eager_after`).
         let mut reassembler = Reassembler::new(spill, self.transaction_memory);
+        let mut eager = EagerChunk::default();
         let mut mid_group = false;
         let mut received_since_tick = false;
         // Bytes handled since the reader last had to wait for the socket.
@@ -270,10 +281,67 @@ impl SourceReader {
                 | Message::RollbackPrepared(_) => mid_group = false,
                 _ => {}
             }
+            reassembler.set_eager_streams(cursor.end.max(cursor.position) >= self.eager_after);
             let out = match reassembler.push(msg) {
                 Ok(o) => o,
                 Err(e) => break Err(StreamError::Fatal(e.to_string())),
             };
+            let (eager_event, out) = match out {
+                Some(Reassembled::StreamChange {
+                    xid,
+                    subxid,
+                    change,
+                }) => (eager.push(xid, subxid, change), None),
+                Some(Reassembled::StreamAbort { xid, subxid }) => {
+                    if let Some(e) = eager.take() {
+                        if let Err(err) = self.dispatch(&e, shutdown).await {
+                            break Err(err);
+                        }
+                    }
+                    (Some(Event::StreamAbort { xid, subxid }), None)
+                }
+                Some(Reassembled::StreamCommit(info)) => {
+                    if let Some(e) = eager.take() {
+                        if let Err(err) = self.dispatch(&e, shutdown).await {
+                            break Err(err);
+                        }
+                    }
+                    let event = if info.commit_lsn <= cursor.commit
+                        && cursor.commit != Lsn::INVALID
+                    {
+                        // Resent after a reconnect although already
+                        // dispatched: drop what was handed out again.
+                        Event::StreamAbort {
+                            xid: info.xid,
+                            subxid: info.xid,
+                        }
+                    } else {
+                        let confirm = match reassembler.flush_limit() {
+                            Some(limit) => info.end_lsn.min(limit),
+                            None => info.end_lsn,
+                        };
+                        self.state.note_dispatch();
+                        cursor.commit = info.commit_lsn;
+                        cursor.end = info.end_lsn;
+                        Event::StreamCommit(Arc::new(info), confirm)
+                    };
+                    (Some(event), None)
+                }
+                // A stream block ended: hand out what it brought.
+                None if !mid_group => (eager.take(), None),
+                other => (None, other),
+            };
+            if let Some(event) = eager_event {
+                let commit = matches!(event, Event::StreamCommit(..));
+                if let Err(e) = self.dispatch(&event, shutdown).await {
+                    break Err(e);
+                }
+                if commit {
+                    self.state.set_wal_end(cursor.end);
+                    stream.set_flushed(self.state.confirmable());
+                }
+                continue;
+            }
             let txn = match out {
                 Some(Reassembled::Transaction(txn)) => txn,
                 Some(Reassembled::Message(m)) => {
@@ -292,7 +360,7 @@ impl SourceReader {
                     }
                     continue;
                 }
-                None => continue,
+                _ => continue,
             };
             if txn.info.commit_lsn <= cursor.commit && cursor.commit != Lsn::INVALID {
                 // Resent after a reconnect: already in every log.
@@ -363,6 +431,15 @@ impl SourceReader {
             }
             Err(e) => {
                 stream.abort().await;
+                // The server sends a transaction that was streaming again
+                // from its start after the reconnect: targets drop what
+                // they applied of it.
+                if let Some(xid) = reassembler.eager_stream() {
+                    let drop = Event::StreamAbort { xid, subxid: xid };
+                    if let Err(e2) = self.dispatch(&drop, shutdown).await {
+                        tracing::debug!(error = %e2, "could not hand out the abort of the open streamed transaction");
+                    }
+                }
                 Err(e)
             }
         }
@@ -488,10 +565,58 @@ impl SourceReader {
             }
         }
         let n = self.unnotified.fetch_add(1, Ordering::Relaxed) + 1;
-        if matches!(event, Event::Changes(_)) || n >= NOTIFY_EVERY {
+        if matches!(event, Event::Changes(_) | Event::StreamChanges { .. }) || n >= NOTIFY_EVERY {
             self.notify_targets();
         }
         Ok(())
+    }
+}
+
+/// Changes of the eager streamed transaction collected into one event:
+/// cut at [`CHUNK_CHANGES`] / [`CHUNK_BYTES`], at a change of
+/// subtransaction (each event carries one), and at the end of each stream
+/// block (so targets apply what arrived without waiting for more).
+#[derive(Default)]
+struct EagerChunk {
+    owner: Option<(pgrelay_types::Xid, pgrelay_types::Xid)>,
+    changes: Vec<Change>,
+    bytes: usize,
+}
+
+impl EagerChunk {
+    /// Adds a change; returns the full chunk to dispatch, if any.
+    fn push(
+        &mut self,
+        xid: pgrelay_types::Xid,
+        subxid: pgrelay_types::Xid,
+        change: Change,
+    ) -> Option<Event> {
+        let out = if self.owner.is_some_and(|o| o != (xid, subxid)) {
+            self.take()
+        } else {
+            None
+        };
+        self.owner = Some((xid, subxid));
+        self.bytes += change.approx_size();
+        self.changes.push(change);
+        if out.is_none() && (self.changes.len() >= CHUNK_CHANGES || self.bytes >= CHUNK_BYTES) {
+            return self.take();
+        }
+        out
+    }
+
+    /// The collected changes as an event (`None` when empty).
+    fn take(&mut self) -> Option<Event> {
+        let (xid, subxid) = self.owner.take()?;
+        self.bytes = 0;
+        if self.changes.is_empty() {
+            return None;
+        }
+        Some(Event::StreamChanges {
+            xid,
+            subxid,
+            changes: Arc::new(std::mem::take(&mut self.changes)),
+        })
     }
 }
 

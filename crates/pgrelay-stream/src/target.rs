@@ -15,12 +15,23 @@
 //!   after the fix replays from the slot).
 //! * On shutdown the worker finishes the source transaction in hand only
 //!   if it is complete, commits what is pending, and stops.
+//! * A transaction the source streams while in progress (`Event::Stream*`)
+//!   is applied as it arrives on a second connection, in a target
+//!   transaction of its own with a savepoint per subtransaction, while
+//!   whole transactions keep committing on the first. Before each of its
+//!   chunks the first connection commits what it holds, so the streamed
+//!   transaction never waits for a lock the worker itself holds; it
+//!   commits (with progress) in source commit order at its Stream Commit.
+//!   Its chunks leave the log as the worker commits other work, so a
+//!   failed session cannot replay it: the worker then asks for a pipeline
+//!   restart, which streams again from the slot (confirmed only up to what
+//!   every target made durable), the way a process restart would.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgrelay_apply::{Applier, ApplyError, ApplyOptions};
-use pgrelay_types::Lsn;
+use pgrelay_types::{Lsn, Xid};
 use tokio::sync::{watch, Notify};
 
 use crate::config::TargetConfig;
@@ -51,6 +62,22 @@ pub struct Worker {
     pub options: ApplyOptions,
     /// Backoff cap.
     pub max_retry_delay: Duration,
+    /// Set to ask for a pipeline restart (see the module docs); sending
+    /// `true` on `stop` then ends this generation of the pipeline.
+    pub restart: Arc<std::sync::atomic::AtomicBool>,
+    /// Stops every worker of this generation.
+    pub stop: Arc<watch::Sender<bool>>,
+}
+
+/// The streamed transaction being applied while it streams.
+struct OpenStream {
+    xid: Xid,
+    /// Subtransactions with a savepoint, in creation order.
+    savepoints: Vec<Xid>,
+}
+
+fn savepoint_name(subxid: Xid) -> String {
+    format!("pgrelay_sub_{}", subxid.0)
 }
 
 /// Why an apply session ended.
@@ -62,6 +89,8 @@ enum WorkerError {
     Log(#[from] pgrelay_spill::SpillError),
     #[error("verification pause: {0}")]
     Pause(String),
+    #[error("{0}")]
+    Stream(String),
 }
 
 /// `pgrelay verify`'s handshake with a running streamer: it inserts a row
@@ -82,6 +111,8 @@ enum Outcome {
     Shutdown,
     Retry(String),
     Fatal(String),
+    /// The session failed while a streamed transaction was half applied.
+    Restart(String),
 }
 
 impl Worker {
@@ -97,6 +128,14 @@ impl Worker {
             state.set_connected(false);
             match outcome {
                 Outcome::Shutdown => break,
+                Outcome::Restart(e) => {
+                    tracing::warn!(target_name = %state.name, error = %e, "target failed while applying a transaction that is still streaming; restarting the pipeline from the slot so it is sent again");
+                    state.set_error(e);
+                    metrics::counter!("pgrelay_target_retries_total", "target" => state.name.clone()).increment(1);
+                    self.restart.store(true, std::sync::atomic::Ordering::Release);
+                    let _ = self.stop.send(true);
+                    return;
+                }
                 Outcome::Retry(e) => {
                     tracing::warn!(target_name = %state.name, error = %e, retry_in = ?delay, "target unavailable; retrying");
                     state.set_phase(TargetPhase::Retrying);
@@ -143,20 +182,40 @@ impl Worker {
         state.set_phase(TargetPhase::Streaming);
         self.handle.log.lock().expect("log lock").rewind();
         tracing::info!(target_name = %state.name, progress = ?applier.progress().map(|p| p.end_lsn.to_string()), "target connected");
-        match self.apply_loop(&mut applier, shutdown).await {
+        let mut open = None;
+        let outcome = match self.apply_loop(&mut applier, &mut open, shutdown).await {
             Ok(()) => Outcome::Shutdown,
             Err(WorkerError::Apply(e)) => classify(e),
             Err(WorkerError::Log(e)) if e.is_transient() => Outcome::Retry(e.to_string()),
             Err(WorkerError::Log(e)) => Outcome::Fatal(e.to_string()),
             Err(WorkerError::Pause(e)) => Outcome::Retry(e),
+            Err(WorkerError::Stream(e)) => Outcome::Restart(e),
+        };
+        match outcome {
+            Outcome::Retry(e) if open.is_some() => Outcome::Restart(e),
+            other => other,
         }
+    }
+
+    /// The second connection, for streamed transactions (made on first use).
+    async fn side<'a>(&self, side: &'a mut Option<Applier>) -> Result<&'a mut Applier, WorkerError> {
+        if side.is_none() {
+            let client = pgrelay_source::connect_sql(&self.target.config)
+                .await
+                .map_err(|e| WorkerError::Stream(format!("connecting for a streamed transaction: {e}")))?;
+            *side = Some(Applier::new(client, self.options.clone()).await?);
+        }
+        Ok(side.as_mut().expect("just set"))
     }
 
     async fn apply_loop(
         &self,
         applier: &mut Applier,
+        open: &mut Option<OpenStream>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), WorkerError> {
+        // The connection streamed transactions are applied on.
+        let mut side: Option<Applier> = None;
         let state = &self.handle.state;
         // Inside a source transaction (between Begin and Commit)?
         let mut in_txn = false;
@@ -228,7 +287,7 @@ impl Worker {
             };
             state.set_caught_up(false);
             let at = match &event {
-                Event::Begin(info) => Some(info.commit_lsn),
+                Event::Begin(info) | Event::StreamCommit(info, _) => Some(info.commit_lsn),
                 Event::Position(lsn) if !in_txn => Some(*lsn),
                 _ => None,
             };
@@ -279,6 +338,74 @@ impl Worker {
                         if !dirty {
                             self.settle(&mut pending)?;
                         }
+                    }
+                }
+                Event::StreamChanges {
+                    xid,
+                    subxid,
+                    changes,
+                } => {
+                    // Nothing of ours may hold a lock the streamed
+                    // transaction could wait for.
+                    if dirty {
+                        self.flush(applier, &mut dirty, &mut pending).await?;
+                    }
+                    let side = self.side(&mut side).await?;
+                    match open {
+                        Some(o) if o.xid != xid => {
+                            return Err(WorkerError::Stream(format!(
+                                "changes of streamed transaction {xid} while {} is open",
+                                o.xid
+                            )))
+                        }
+                        Some(_) => {}
+                        None => {
+                            side.begin_streamed().await?;
+                            *open = Some(OpenStream {
+                                xid,
+                                savepoints: Vec::new(),
+                            });
+                        }
+                    }
+                    let o = open.as_mut().expect("opened above");
+                    if subxid != xid && !o.savepoints.contains(&subxid) {
+                        side.savepoint(&savepoint_name(subxid)).await?;
+                        o.savepoints.push(subxid);
+                    }
+                    side.changes(&changes).await?;
+                }
+                Event::StreamAbort { xid, subxid } => {
+                    if let (Some(o), Some(side)) = (open.as_mut(), side.as_mut()) {
+                        if o.xid == xid && subxid == xid {
+                            side.abort_streamed().await?;
+                            *open = None;
+                        } else if o.xid == xid {
+                            if let Some(i) = o.savepoints.iter().position(|s| *s == subxid) {
+                                side.rollback_to(&savepoint_name(subxid)).await?;
+                                o.savepoints.truncate(i + 1);
+                            }
+                        }
+                    }
+                }
+                Event::StreamCommit(info, confirm) => {
+                    if dirty {
+                        self.flush(applier, &mut dirty, &mut pending).await?;
+                    }
+                    if let Some(o) = open.take() {
+                        if o.xid != info.xid {
+                            return Err(WorkerError::Stream(format!(
+                                "commit of streamed transaction {} while {} is open",
+                                info.xid, o.xid
+                            )));
+                        }
+                        let side = side.as_mut().expect("an open stream has its connection");
+                        let applied = applier.progress().map(|p| p.commit_lsn);
+                        side.commit_streamed(&info, applied).await?;
+                    }
+                    pending = Some((confirm, Some(info.commit_ts)));
+                    self.settle(&mut pending)?;
+                    if *shutdown.borrow() {
+                        return Ok(());
                     }
                 }
             }

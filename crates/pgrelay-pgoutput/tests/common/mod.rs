@@ -44,6 +44,8 @@ pub struct Outcome {
     pub transactions: Vec<Transaction>,
     pub messages: Vec<pgrelay_types::LogicalMessage>,
     pub spilled_transactions: usize,
+    /// Eager mode: what came out as it arrived, as text lines.
+    pub eager: Vec<String>,
 }
 
 pub fn collect<S: SpillStore>(out: Reassembled<S::Reader>, into: &mut Outcome) {
@@ -55,6 +57,25 @@ pub fn collect<S: SpillStore>(out: Reassembled<S::Reader>, into: &mut Outcome) {
             into.transactions.push(drain(c));
         }
         Reassembled::Message(m) => into.messages.push(m),
+        Reassembled::StreamChange {
+            xid,
+            subxid,
+            change,
+        } => {
+            let id = match &change {
+                pgrelay_types::Change::Insert { new, .. } => {
+                    String::from_utf8_lossy(new.0[0].bytes().map_or(&b""[..], |b| &b[..])).into_owned()
+                }
+                other => format!("{other:?}"),
+            };
+            into.eager.push(format!("change {} {} {id}", xid.0, subxid.0));
+        }
+        Reassembled::StreamAbort { xid, subxid } => {
+            into.eager.push(format!("abort {} {}", xid.0, subxid.0))
+        }
+        Reassembled::StreamCommit(info) => into
+            .eager
+            .push(format!("commit {} {}", info.xid.0, info.commit_lsn)),
     }
 }
 
