@@ -373,6 +373,12 @@ impl Worker {
                         o.savepoints.push(subxid);
                     }
                     side.changes(&changes).await?;
+                    // Everything read is durable or part of the open
+                    // stream, which is never replayed from the log (a
+                    // failure restarts the pipeline instead): free the
+                    // log's memory now, or a large streamed transaction
+                    // would fill it and spill until its commit.
+                    self.settle(&mut pending)?;
                 }
                 Event::StreamAbort { xid, subxid } => {
                     if let (Some(o), Some(side)) = (open.as_mut(), side.as_mut()) {
