@@ -514,6 +514,113 @@ async fn survives_target_restart_source_restart_and_network_cuts() {
     assert!(s.sigterm().await.success(), "{}", s.logs());
 }
 
+/// Transactions the source streams while still in progress are applied as
+/// they arrive (a second connection per target, a savepoint per
+/// subtransaction). This drives that path through its failure cases: a
+/// subtransaction rolled back and one released inside a streamed
+/// transaction; a streamed transaction rolled back entirely; small
+/// transactions committing while one streams; a target restarted while
+/// it holds half a streamed transaction (the pipeline restarts from the
+/// slot and the transaction is sent again); and the source connection cut
+/// mid-stream. Both targets end equal, and the primary key proves nothing
+/// was applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_applied_while_they_stream_survive_aborts_restarts_and_cuts() {
+    let source = logical(15);
+    let mut t1 = Cluster::start(16);
+    let t2 = Cluster::start(17);
+    let db = unique_name("eag");
+    let ddl = "CREATE TABLE big (id int PRIMARY KEY, v text, n int)";
+    for c in [&source, &t1, &t2] {
+        c.create_database(&db);
+        sql(&c.connect(&db).await, ddl).await;
+    }
+    let proxy = FaultProxy::start(([127, 0, 0, 1], source.port()).into());
+    let via_proxy = format!("postgres://postgres@127.0.0.1:{}/{db}", proxy.port());
+    let slot = unique_name("eag");
+    let mut s = Streamer::new(&yaml(
+        &via_proxy,
+        &slot,
+        &[("t1", t1.superuser_url(&db)), ("t2", t2.superuser_url(&db))],
+        "apply: { max_retry_delay: 1s }\n",
+    ));
+    s.start();
+    let src = source.connect(&db).await;
+    let small = source.connect(&db).await;
+    sql(&small, "INSERT INTO big VALUES (0, 'seed', 0)").await;
+    for t in [&t1, &t2] {
+        wait_equal(&src, &t.connect(&db).await, Duration::from_secs(60), &s).await;
+    }
+    let rows = |from: i32, to: i32, v: &str| {
+        format!("INSERT INTO big SELECT g, '{v}' || g, g FROM generate_series({from}, {to}) g")
+    };
+
+    // A: subtransactions, interleaved small commits, and t1 restarted
+    // while it holds part of A.
+    sql(&src, "BEGIN").await;
+    sql(&src, &rows(1, 20_000, "a")).await;
+    sql(&src, "SAVEPOINT s1").await;
+    sql(&src, &rows(100_001, 120_000, "gone")).await;
+    sql(&src, "ROLLBACK TO SAVEPOINT s1").await;
+    sql(&src, "SAVEPOINT s2").await;
+    sql(&src, "UPDATE big SET v = 'kept' WHERE id <= 100").await;
+    sql(&src, "RELEASE SAVEPOINT s2").await;
+    sql(&small, "INSERT INTO big VALUES (500000, 'small', 1)").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    t1.restart();
+    sql(&small, "INSERT INTO big VALUES (500001, 'small', 2)").await;
+    sql(&src, &rows(20_001, 40_000, "a")).await;
+    sql(&src, "COMMIT").await;
+
+    // B: streamed, then rolled back entirely.
+    sql(&src, "BEGIN").await;
+    sql(&src, &rows(200_001, 230_000, "b")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sql(&src, "ROLLBACK").await;
+
+    // C: the source connection is cut while C streams.
+    sql(&src, "BEGIN").await;
+    sql(&src, &rows(300_001, 320_000, "c")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.cut_all();
+    sql(&src, &rows(320_001, 340_000, "c")).await;
+    sql(&src, "DELETE FROM big WHERE id BETWEEN 1 AND 10").await;
+    sql(&src, "COMMIT").await;
+
+    // D: subtransactions again, with nothing failing (after a restart the
+    // first transactions are buffered whole, so A's savepoints may have
+    // been replayed that way).
+    for t in [&t1, &t2] {
+        wait_equal(&src, &t.connect(&db).await, Duration::from_secs(120), &s).await;
+    }
+    sql(&src, "BEGIN").await;
+    sql(&src, &rows(400_001, 420_000, "d")).await;
+    sql(&src, "SAVEPOINT s1").await;
+    sql(&src, &rows(420_001, 440_000, "gone")).await;
+    sql(&src, "SAVEPOINT s2").await;
+    sql(&src, &rows(440_001, 460_000, "gone")).await;
+    sql(&src, "ROLLBACK TO SAVEPOINT s1").await;
+    sql(&src, "SAVEPOINT s3").await;
+    sql(
+        &src,
+        "UPDATE big SET n = -n WHERE id BETWEEN 400001 AND 400100",
+    )
+    .await;
+    sql(&src, "RELEASE SAVEPOINT s3").await;
+    sql(&src, &rows(460_001, 470_000, "d")).await;
+    sql(&src, "COMMIT").await;
+    for t in [&t1, &t2] {
+        wait_equal(&src, &t.connect(&db).await, Duration::from_secs(120), &s).await;
+    }
+    let logs = s.logs();
+    assert!(
+        logs.contains("restarting the pipeline from the slot"),
+        "t1's restart mid-stream should restart the pipeline:\n{logs}"
+    );
+    s.wait_caught_up(Duration::from_secs(60)).await;
+    assert!(s.sigterm().await.success(), "{}", s.logs());
+}
+
 /// One target down for a minute: the other keeps streaming (its lag keeps
 /// returning to zero), the down one's backlog spills to disk, `/health`
 /// answers 503 while it is down, and it catches up from the spill.

@@ -623,10 +623,8 @@ impl<S: SpillStore> Reassembler<S> {
             Message::Origin(o) => {
                 if let Some(open) = &mut self.open {
                     open.origin = Some(o);
-                } else if let Some((_, origin)) = self
-                    .eager
-                    .as_mut()
-                    .filter(|(x, _)| Some(*x) == self.stream)
+                } else if let Some((_, origin)) =
+                    self.eager.as_mut().filter(|(x, _)| Some(*x) == self.stream)
                 {
                     *origin = Some(o);
                 } else if let Some(t) = self.stream.and_then(|x| self.streams.get_mut(&x)) {
@@ -683,8 +681,7 @@ impl<S: SpillStore> Reassembler<S> {
                 if self.stream.is_some() {
                     return Self::unexpected("Stream Start", "inside another stream block");
                 }
-                let known =
-                    self.streams.contains_key(&s.xid) || self.eager_stream() == Some(s.xid);
+                let known = self.streams.contains_key(&s.xid) || self.eager_stream() == Some(s.xid);
                 match (s.first_segment, known) {
                     (true, true) => return Err(ReassembleError::DuplicateStream { xid: s.xid }),
                     (false, false) => {

@@ -280,12 +280,10 @@ impl Pipeline {
         restart: Arc<AtomicBool>,
     ) -> Result<(), StreamError> {
         let config = &self.config;
-        let eager_after = self
-            .state
-            .targets
-            .iter()
-            .map(|t| t.applied())
-            .fold(*self.applied_high.lock().expect("applied_high lock"), Lsn::max);
+        let eager_after = self.state.targets.iter().map(|t| t.applied()).fold(
+            *self.applied_high.lock().expect("applied_high lock"),
+            Lsn::max,
+        );
         self.state.set_phase("streaming");
         let spill = Arc::new(Mutex::new(
             SpillDir::open(&config.apply.spill_dir, Some(config.apply.spill_budget))

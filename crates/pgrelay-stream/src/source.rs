@@ -306,8 +306,7 @@ impl SourceReader {
                             break Err(err);
                         }
                     }
-                    let event = if info.commit_lsn <= cursor.commit
-                        && cursor.commit != Lsn::INVALID
+                    let event = if info.commit_lsn <= cursor.commit && cursor.commit != Lsn::INVALID
                     {
                         // Resent after a reconnect although already
                         // dispatched: drop what was handed out again.

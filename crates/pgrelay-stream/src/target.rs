@@ -132,7 +132,8 @@ impl Worker {
                     tracing::warn!(target_name = %state.name, error = %e, "target failed while applying a transaction that is still streaming; restarting the pipeline from the slot so it is sent again");
                     state.set_error(e);
                     metrics::counter!("pgrelay_target_retries_total", "target" => state.name.clone()).increment(1);
-                    self.restart.store(true, std::sync::atomic::Ordering::Release);
+                    self.restart
+                        .store(true, std::sync::atomic::Ordering::Release);
                     let _ = self.stop.send(true);
                     return;
                 }
@@ -198,11 +199,16 @@ impl Worker {
     }
 
     /// The second connection, for streamed transactions (made on first use).
-    async fn side<'a>(&self, side: &'a mut Option<Applier>) -> Result<&'a mut Applier, WorkerError> {
+    async fn side<'a>(
+        &self,
+        side: &'a mut Option<Applier>,
+    ) -> Result<&'a mut Applier, WorkerError> {
         if side.is_none() {
             let client = pgrelay_source::connect_sql(&self.target.config)
                 .await
-                .map_err(|e| WorkerError::Stream(format!("connecting for a streamed transaction: {e}")))?;
+                .map_err(|e| {
+                    WorkerError::Stream(format!("connecting for a streamed transaction: {e}"))
+                })?;
             *side = Some(Applier::new(client, self.options.clone()).await?);
         }
         Ok(side.as_mut().expect("just set"))

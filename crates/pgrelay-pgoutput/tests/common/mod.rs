@@ -64,11 +64,13 @@ pub fn collect<S: SpillStore>(out: Reassembled<S::Reader>, into: &mut Outcome) {
         } => {
             let id = match &change {
                 pgrelay_types::Change::Insert { new, .. } => {
-                    String::from_utf8_lossy(new.0[0].bytes().map_or(&b""[..], |b| &b[..])).into_owned()
+                    String::from_utf8_lossy(new.0[0].bytes().map_or(&b""[..], |b| &b[..]))
+                        .into_owned()
                 }
                 other => format!("{other:?}"),
             };
-            into.eager.push(format!("change {} {} {id}", xid.0, subxid.0));
+            into.eager
+                .push(format!("change {} {} {id}", xid.0, subxid.0));
         }
         Reassembled::StreamAbort { xid, subxid } => {
             into.eager.push(format!("abort {} {}", xid.0, subxid.0))
