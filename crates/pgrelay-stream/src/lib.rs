@@ -264,13 +264,34 @@ impl Pipeline {
     /// transaction still being streamed asks for a restart, which begins
     /// again from the slot (like a process restart, without one).
     async fn stream(&self, stop: watch::Receiver<bool>) -> Result<(), StreamError> {
+        let mut delay = Duration::from_millis(250);
         loop {
             let restart = Arc::new(AtomicBool::new(false));
+            let started = std::time::Instant::now();
             let r = self.stream_once(stop.clone(), restart.clone()).await;
             if !restart.load(std::sync::atomic::Ordering::Acquire) || *stop.borrow() {
                 return r;
             }
-            tracing::info!("pipeline restarting from the slot's confirmed position");
+            // The transaction that was streaming is buffered whole in the
+            // next run (it started before the WAL end seen so far), so a
+            // target that cannot apply streams (e.g. no second connection
+            // allowed) still makes progress.
+            {
+                let mut high = self.applied_high.lock().expect("applied_high lock");
+                *high = (*high).max(self.state.wal_end());
+            }
+            // A target that fails again at once must not make the pipeline
+            // restart in a tight loop.
+            if started.elapsed() > Duration::from_secs(60) {
+                delay = Duration::from_millis(250);
+            }
+            tracing::info!(retry_in = ?delay, "pipeline restarting from the slot's confirmed position");
+            let mut s = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = s.wait_for(|v| *v) => return Ok(()),
+            }
+            delay = (delay * 2).min(self.config.apply.max_retry_delay);
         }
     }
 
