@@ -273,7 +273,55 @@ fn drain(
                 .unwrap_or_else(|e| panic!("spill read-back failed: {e}"));
             Ok(Some(Out::Tx(t)))
         }
+        Ok(Some(other)) => panic!("eager output without eager mode: {other:?}"),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Rebuilds whole transactions from an eager reassembler's output, with
+/// the buffering reassembler's rules (a subtransaction abort drops that
+/// subtransaction's changes), so the two can be compared.
+#[derive(Default)]
+struct Rebuild {
+    open: Option<(pgrelay_types::Xid, Vec<(pgrelay_types::Xid, pgrelay_types::Change)>)>,
+}
+
+impl Rebuild {
+    fn feed(
+        &mut self,
+        r: Result<Option<Reassembled<MemoryReader>>, ReassembleError>,
+    ) -> Result<Option<Out>, String> {
+        match r {
+            Ok(Some(Reassembled::StreamChange {
+                xid,
+                subxid,
+                change,
+            })) => {
+                let open = self.open.get_or_insert_with(|| (xid, Vec::new()));
+                assert_eq!(open.0, xid, "changes of two eager transactions interleave");
+                open.1.push((subxid, change));
+                Ok(None)
+            }
+            Ok(Some(Reassembled::StreamAbort { xid, subxid })) => {
+                if let Some(open) = &mut self.open {
+                    assert_eq!(open.0, xid, "abort of another eager transaction");
+                    if xid == subxid {
+                        self.open = None;
+                    } else {
+                        open.1.retain(|(s, _)| *s != subxid);
+                    }
+                }
+                Ok(None)
+            }
+            Ok(Some(Reassembled::StreamCommit(info))) => {
+                let changes = self.open.take().map(|o| o.1).unwrap_or_default();
+                Ok(Some(Out::Tx(Transaction {
+                    info,
+                    changes: changes.into_iter().map(|(_, c)| c).collect(),
+                })))
+            }
+            other => drain(other),
+        }
     }
 }
 
@@ -288,6 +336,11 @@ pub fn reassembler(data: &[u8]) {
     let budget = BUDGETS[usize::from(*budget) % BUDGETS.len()];
     let mut small = Reassembler::new(MemorySpillStore::new(), budget);
     let mut big = Reassembler::new(MemorySpillStore::new(), usize::MAX);
+    // Eager mode hands a streamed transaction out as it arrives; rebuilt,
+    // it must equal what buffering produces.
+    let mut eager = Reassembler::new(MemorySpillStore::new(), usize::MAX);
+    eager.set_eager_streams(true);
+    let mut rebuild = Some(Rebuild::default());
     for m in split_messages(rest) {
         let Ok(msg) = d.decode(&Bytes::copy_from_slice(m)) else {
             continue;
@@ -297,9 +350,19 @@ pub fn reassembler(data: &[u8]) {
         {
             check_message(&msg);
         }
+        let e = eager.push(msg.clone());
         let a = drain(small.push(msg.clone()));
         let b = drain(big.push(msg));
         assert_eq!(a, b, "spilling changed the outcome (budget {budget})");
+        if let Some(r) = &mut rebuild {
+            match r.feed(e) {
+                // Only eager mode rejects a Stream Prepare of an eager
+                // transaction: stop comparing there.
+                Err(_) => rebuild = None,
+                e if b.is_ok() => assert_eq!(e, b, "eager mode changed the outcome"),
+                _ => rebuild = None,
+            }
+        }
         if a.is_err() {
             let again = small.push(Message::StreamStop);
             assert!(matches!(again, Err(ReassembleError::Poisoned)));
