@@ -283,7 +283,10 @@ fn drain(
 /// subtransaction's changes), so the two can be compared.
 #[derive(Default)]
 struct Rebuild {
-    open: Option<(pgrelay_types::Xid, Vec<(pgrelay_types::Xid, pgrelay_types::Change)>)>,
+    open: Option<(
+        pgrelay_types::Xid,
+        Vec<(pgrelay_types::Xid, pgrelay_types::Change)>,
+    )>,
 }
 
 impl Rebuild {
