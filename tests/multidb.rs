@@ -474,6 +474,115 @@ const DOWN: &str = "\x1b[B";
 const SPACE: &str = " ";
 const ENTER: &str = "\r";
 
+/// One database's pipeline failing while streaming (its only target lost
+/// the table) stops alone: the other database keeps streaming, `/health`
+/// answers 503 naming the failed pipeline's error, and pgrelay exits 1 on
+/// SIGTERM with that error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_database_leaves_the_others_streaming() {
+    let source = Cluster::builder(15).setting("wal_level", "logical").start();
+    let target = Cluster::start(17);
+    let u = unique_name("mfl");
+    let (a, b) = (format!("{u}_a"), format!("{u}_b"));
+    for db in [&a, &b] {
+        for c in [&source, &target] {
+            c.create_database(db);
+            sql(
+                &c.connect(db).await,
+                "CREATE TABLE t (id int PRIMARY KEY, v text)",
+            )
+            .await;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgrelay.yml");
+    let port = pgrelay_testkit::free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "source: {{ url: \"{}\", slot: mfl }}
+targets:
+  - {{ name: new, url: \"{}\" }}
+databases: {{ include: [\"{u}_*\"] }}
+listen: \"127.0.0.1:{port}\"
+",
+            source.superuser_url("postgres"),
+            target.superuser_url("postgres"),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("stream.log")).unwrap();
+    let mut stream = Command::new(PGRELAY)
+        .args(["stream", "--config"])
+        .arg(&config)
+        .env("PGRELAY_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let logs = || std::fs::read_to_string(dir.path().join("stream.log")).unwrap_or_default();
+    let (src_a, src_b) = (source.connect(&a).await, source.connect(&b).await);
+    let tgt_b = target.connect(&b).await;
+    let arrived = |id: i32| {
+        let tgt_b = &tgt_b;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let n = scalar(tgt_b, &format!("SELECT count(*) FROM t WHERE id = {id}")).await;
+                if n == "1" {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "row {id} never arrived");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    sql(&src_b, "INSERT INTO t VALUES (1, 'before')").await;
+    arrived(1).await;
+
+    // Database a's only target loses the table: a fatal apply error.
+    sql(&target.connect(&a).await, "DROP TABLE t").await;
+    sql(&src_a, "INSERT INTO t VALUES (1, 'breaks a')").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let failed = loop {
+        if let Some((503, h)) = health(port).await {
+            let pipelines = h["pipelines"].as_array().cloned().unwrap_or_default();
+            if let Some(p) = pipelines.iter().find(|p| p["error"].is_string()) {
+                break p.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed pipeline in /health: {:?}\n{}",
+            health(port).await,
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(failed["database"], a.as_str(), "{failed}");
+
+    // Database b still streams.
+    sql(&src_b, "INSERT INTO t VALUES (2, 'after')").await;
+    arrived(2).await;
+    assert!(
+        logs().contains("the other databases keep streaming"),
+        "{}",
+        logs()
+    );
+
+    let pid = stream.id().expect("pid") as i32;
+    // SAFETY: signalling a child we own.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), stream.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{}", logs());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_interactive_in_a_terminal() {
     let source = Cluster::builder(15)

@@ -212,22 +212,33 @@ pub async fn run_configs(
     let mut set = tokio::task::JoinSet::new();
     for (config, pipeline) in pipelines {
         let mut rx = stop_rx.clone();
+        let state = pipeline.state();
         set.spawn(async move {
             let result = pipeline
                 .run(async move {
                     let _ = rx.wait_for(|v| *v).await;
                 })
                 .await;
-            (config, result)
+            (config, state, result)
         });
     }
+    // A pipeline that fails during setup (preflight, copy) stops them all:
+    // the configuration needs fixing. One that fails while streaming stops
+    // alone: the other databases keep streaming, `/health` reports it
+    // (503, its `error`), and pgrelay exits 1 with its error once the rest
+    // stop.
     let mut first: Option<anyhow::Error> = None;
     while let Some(joined) = set.join_next().await {
-        let (config, result) = joined.context("a pipeline task panicked")?;
+        let (config, state, result) = joined.context("a pipeline task panicked")?;
         if let Err(e) = result {
             let database = config.database.clone().unwrap_or_default();
-            tracing::error!(%database, error = %e, "pipeline stopped; stopping the other databases' pipelines");
-            let _ = stop_tx.send(true);
+            if state.streamed() && !*stop_rx.borrow() {
+                tracing::error!(%database, error = %e, "pipeline stopped; the other databases keep streaming; fix the cause and restart pgrelay (it resumes from the slot)");
+                state.set_error(e.to_string());
+            } else {
+                tracing::error!(%database, error = %e, "pipeline stopped; stopping the other databases' pipelines");
+                let _ = stop_tx.send(true);
+            }
             first.get_or_insert(in_database(&config, e));
         }
     }

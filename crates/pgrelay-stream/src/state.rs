@@ -183,6 +183,10 @@ pub struct PipelineState {
     wal_end: AtomicU64,
     stalled: AtomicBool,
     phase: Mutex<&'static str>,
+    /// Whether the pipeline ever reached the streaming phase.
+    streamed: AtomicBool,
+    /// Why the pipeline stopped, when it stopped on an error.
+    error: Mutex<Option<String>>,
     started: SystemTime,
     /// When the source first had something a target had not applied
     /// (for lag seconds before any commit time is known).
@@ -200,6 +204,8 @@ impl PipelineState {
             wal_end: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
             phase: Mutex::new("starting"),
+            streamed: AtomicBool::new(false),
+            error: Mutex::new(None),
             started: SystemTime::now(),
             behind_since: Mutex::new(None),
         }
@@ -232,7 +238,21 @@ impl PipelineState {
 
     /// Pipeline phase: starting, copying, streaming, stopping.
     pub fn set_phase(&self, p: &'static str) {
+        if p == "streaming" {
+            self.streamed.store(true, Ordering::Relaxed);
+        }
         *self.phase.lock().expect("lock") = p;
+    }
+
+    /// Whether the pipeline got past setup (preflight, copy) to streaming.
+    pub fn streamed(&self) -> bool {
+        self.streamed.load(Ordering::Relaxed)
+    }
+
+    /// Records why the pipeline stopped (shown by `/health`, which then
+    /// reports it unhealthy).
+    pub fn set_error(&self, e: String) {
+        *self.error.lock().expect("lock") = Some(e);
     }
 
     /// Marks the first moment a target fell behind.
@@ -316,7 +336,9 @@ impl PipelineState {
         let wal_end = self.wal_end();
         let now = SystemTime::now();
         let behind = *self.behind_since.lock().expect("lock");
-        let mut healthy = self.source_connected.load(Ordering::Relaxed) && !self.stalled();
+        let error = self.error.lock().expect("lock").clone();
+        let mut healthy =
+            self.source_connected.load(Ordering::Relaxed) && !self.stalled() && error.is_none();
         let targets: Vec<_> = self
             .targets
             .iter()
@@ -353,6 +375,9 @@ impl PipelineState {
         });
         if let Some(d) = &self.database {
             doc["database"] = json!(d);
+        }
+        if let Some(e) = error {
+            doc["error"] = json!(e);
         }
         (healthy, doc)
     }
