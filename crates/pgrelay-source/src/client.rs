@@ -513,6 +513,7 @@ impl ReplicationClient {
             match frame.tag {
                 b'W' => {
                     self.streamed = true;
+                    self.conn.detach_reader()?;
                     break;
                 }
                 b'E' => {

@@ -504,7 +504,6 @@ impl Auth<'_> {
         let offers = |m: &str| mechanisms.iter().any(|x| x == m);
         let cert_hash = || -> Result<Vec<u8>, String> {
             let cert = conn
-                .socket()
                 .peer_certificate()
                 .ok_or_else(|| "the server sent no certificate".to_owned())?;
             tls::server_end_point(cert)

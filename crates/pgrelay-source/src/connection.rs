@@ -21,18 +21,25 @@
 //!   receive buffer, unsent bytes stay in the send buffer and are sent by
 //!   the next flush.
 //! * End of stream and socket errors become transient [`SourceError::Io`].
+//! * Once a replication stream starts on a plain TCP or Unix socket,
+//!   [`Connection::detach_reader`] hands reading to a thread of its own
+//!   (see [`ReaderThread`]); writes then go straight to the blocking
+//!   socket. TLS connections stay on the async socket.
 //!
 //! PostgreSQL reference: "Messaging Overview" (protocol-overview) and
 //! "Message Formats" (protocol-message-formats).
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use pgrelay_wire::{Frame, FrameDecoder};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::mpsc;
 use tokio_rustls::client::TlsStream;
 
 use crate::error::SourceError;
@@ -110,27 +117,29 @@ impl AsyncWrite for Socket {
 
 /// A connection: socket, receive buffer and decoder, send buffer.
 pub(crate) struct Connection {
-    socket: Socket,
+    io: Io,
     rbuf: BytesMut,
     wbuf: BytesMut,
     decoder: FrameDecoder,
     /// `host:port` or socket path, for messages.
     target: String,
-    /// The last read took everything the socket had (it returned less than
-    /// the free space offered). Never set over TLS, where one read returns
-    /// at most one record whatever is queued.
-    drained: bool,
+}
+
+enum Io {
+    /// Reads and writes on the async socket.
+    Async(Socket),
+    /// Reads by a [`ReaderThread`], writes on the blocking socket.
+    Threaded(Threaded),
 }
 
 impl Connection {
     pub(crate) fn new(socket: Socket, target: String) -> Self {
         Connection {
-            socket,
+            io: Io::Async(socket),
             rbuf: BytesMut::with_capacity(READ_BLOCK),
             wbuf: BytesMut::with_capacity(1024),
             decoder: FrameDecoder::new(),
             target,
-            drained: false,
         }
     }
 
@@ -138,52 +147,146 @@ impl Connection {
         &self.target
     }
 
-    pub(crate) fn socket(&self) -> &Socket {
-        &self.socket
-    }
-
-    /// Whether the last read emptied the socket (see `drained`).
-    pub(crate) fn drained(&self) -> bool {
-        self.drained
+    /// The server's certificate, for channel binding.
+    pub(crate) fn peer_certificate(&self) -> Option<&[u8]> {
+        match &self.io {
+            Io::Async(s) => s.peer_certificate(),
+            Io::Threaded(_) => None,
+        }
     }
 
     pub(crate) fn is_tls(&self) -> bool {
-        matches!(self.socket, Socket::Tls(_))
+        matches!(self.io, Io::Async(Socket::Tls(_)))
+    }
+
+    /// Hands reading to a thread of its own, for the rest of the
+    /// connection's life. A no-op over TLS (the session state cannot be
+    /// split between two threads) or when already done.
+    ///
+    /// Why: a task blocked in epoll on the socket is woken for every
+    /// message the walsender sends (it flushes after each one), and on
+    /// loopback that wake-up runs on the walsender's own CPU time. The
+    /// thread reads with plain blocking reads and, when it keeps up, sleeps
+    /// [`COALESCE_WAIT`] between reads without being registered on the
+    /// socket, so the walsender's sends wake nobody and the next read takes
+    /// many messages at once. An async task cannot do that: tokio keeps the
+    /// socket registered (edge-triggered) while the task sleeps.
+    pub(crate) fn detach_reader(&mut self) -> Result<(), SourceError> {
+        // Take the socket out; the placeholder (a failed reader) is only
+        // left behind if turning the socket into a blocking one fails.
+        let target = self.target.clone();
+        let ctx = |e| SourceError::io(format!("preparing to read from {target}"), e);
+        let std_socket =
+            match std::mem::replace(&mut self.io, Io::Threaded(Threaded::placeholder())) {
+                Io::Async(Socket::Tcp(s)) => StdSocket::Tcp(s.into_std().map_err(ctx)?),
+                Io::Async(Socket::Unix(s)) => StdSocket::Unix(s.into_std().map_err(ctx)?),
+                other => {
+                    self.io = other;
+                    return Ok(());
+                }
+            };
+        std_socket.set_nonblocking(false).map_err(ctx)?;
+        // A server that stops reading must not hang a status update forever.
+        std_socket
+            .set_write_timeout(Some(WRITE_TIMEOUT))
+            .map_err(ctx)?;
+        let reader = std_socket.try_clone().map_err(ctx)?;
+        // Complete frames already received are handed out first; a partial
+        // one goes to the thread, which completes it.
+        let mut ready = Vec::new();
+        while let Some(frame) = self
+            .decoder
+            .decode(&mut self.rbuf)
+            .map_err(|e| SourceError::protocol(&self.target, e.to_string()))?
+        {
+            ready.push(frame);
+        }
+        let leftover = std::mem::take(&mut self.rbuf);
+        let decoder = std::mem::take(&mut self.decoder);
+        let (tx, rx) = mpsc::channel(READER_QUEUE);
+        let thread = ReaderThread {
+            socket: reader,
+            rbuf: leftover,
+            decoder,
+            tx,
+        };
+        std::thread::Builder::new()
+            .name("pgrelay-wal-reader".into())
+            .spawn(move || thread.run())
+            .map_err(ctx)?;
+        self.io = Io::Threaded(Threaded {
+            socket: Some(std_socket),
+            rx,
+            ready: ready.into_iter(),
+            failed: None,
+        });
+        Ok(())
     }
 
     /// The next complete frame already buffered, without I/O.
     pub(crate) fn try_frame(&mut self) -> Result<Option<Frame>, SourceError> {
-        self.decoder
-            .decode(&mut self.rbuf)
-            .map_err(|e| SourceError::protocol(&self.target, e.to_string()))
+        match &mut self.io {
+            Io::Async(_) => self
+                .decoder
+                .decode(&mut self.rbuf)
+                .map_err(|e| SourceError::protocol(&self.target, e.to_string())),
+            Io::Threaded(t) => match t.ready.next() {
+                Some(frame) => Ok(Some(frame)),
+                None => match t.failed.take() {
+                    Some(e) => Err(e.into_source_error(&self.target)),
+                    None => Ok(None),
+                },
+            },
+        }
     }
 
-    /// One read from the socket into the receive buffer. Cancel-safe.
+    /// Whether a complete XLogData (CopyData starting with `w`) is the next
+    /// buffered frame.
+    pub(crate) fn has_buffered_xlogdata(&self) -> bool {
+        match &self.io {
+            Io::Async(_) => {
+                let b = &self.rbuf;
+                // CopyData: 'd', i32 length (including itself), then 'w'.
+                match b.get(..6) {
+                    Some(&[b'd', l0, l1, l2, l3, b'w']) => {
+                        usize::try_from(i32::from_be_bytes([l0, l1, l2, l3]))
+                            .is_ok_and(|len| b.len() > len)
+                    }
+                    _ => false,
+                }
+            }
+            Io::Threaded(t) => t
+                .ready
+                .as_slice()
+                .first()
+                .is_some_and(|f| f.tag == b'd' && f.body.first() == Some(&b'w')),
+        }
+    }
+
+    /// One read from the socket (or one batch from the reader thread) into
+    /// the receive buffer. Cancel-safe.
     pub(crate) async fn fill(&mut self) -> Result<(), SourceError> {
+        let socket = match &mut self.io {
+            Io::Async(socket) => socket,
+            Io::Threaded(t) => {
+                if t.failed.is_some() {
+                    return Ok(());
+                }
+                match t.rx.recv().await {
+                    Some(Ok(frames)) => t.ready = frames.into_iter(),
+                    Some(Err(e)) => t.failed = Some(e),
+                    None => t.failed = Some(ReadFailure::Io(io::ErrorKind::BrokenPipe.into())),
+                }
+                return Ok(());
+            }
+        };
         if self.rbuf.capacity() - self.rbuf.len() < READ_RESERVE
             && !self.rbuf.try_reclaim(READ_RESERVE)
         {
-            // Frames handed out still share the block (or a frame is larger
-            // than it): carry the partial frame over to a new block instead
-            // of `reserve`, which doubles a block it owns alone.
-            let mut fresh = BytesMut::with_capacity(READ_BLOCK.max(self.rbuf.len() + READ_RESERVE));
-            fresh.extend_from_slice(&self.rbuf);
-            self.rbuf = fresh;
+            self.rbuf = fresh_block(&self.rbuf);
         }
-        let spare = self.rbuf.capacity() - self.rbuf.len();
-        let tls = self.is_tls();
-        match self.socket.read_buf(&mut self.rbuf).await {
-            Ok(n) if n > 0 => {
-                self.drained = !tls && n < spare;
-                Ok(())
-            }
-            Ok(0) => Err(SourceError::io(
-                format!("reading from {}", self.target),
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the server closed the connection",
-                ),
-            )),
+        match socket.read_buf(&mut self.rbuf).await {
+            Ok(0) => Err(eof(&self.target)),
             Ok(_) => Ok(()),
             Err(e) => Err(SourceError::io(format!("reading from {}", self.target), e)),
         }
@@ -204,39 +307,256 @@ impl Connection {
         &mut self.wbuf
     }
 
-    /// Received bytes not yet split into frames.
-    pub(crate) fn buffered(&self) -> &[u8] {
-        &self.rbuf
-    }
-
     pub(crate) fn has_pending_writes(&self) -> bool {
         !self.wbuf.is_empty()
     }
 
     /// Writes the whole send buffer. Cancel-safe: what was not written
-    /// stays buffered.
+    /// stays buffered. On a detached connection the write blocks (briefly:
+    /// frontend messages during replication are a few dozen bytes, and the
+    /// socket has a write timeout).
     pub(crate) async fn flush(&mut self) -> Result<(), SourceError> {
+        let ctx = |e| SourceError::io(format!("writing to {}", self.target), e);
+        let socket = match &mut self.io {
+            Io::Async(socket) => socket,
+            Io::Threaded(t) => {
+                let Some(socket) = t.socket.as_mut() else {
+                    return Err(ctx(io::ErrorKind::NotConnected.into()));
+                };
+                socket.write_all(&self.wbuf).map_err(ctx)?;
+                self.wbuf.clear();
+                return Ok(());
+            }
+        };
         while !self.wbuf.is_empty() {
-            match self.socket.write_buf(&mut self.wbuf).await {
-                Ok(0) => {
-                    return Err(SourceError::io(
-                        format!("writing to {}", self.target),
-                        io::ErrorKind::WriteZero.into(),
-                    ))
-                }
+            match socket.write_buf(&mut self.wbuf).await {
+                Ok(0) => return Err(ctx(io::ErrorKind::WriteZero.into())),
                 Ok(_) => {}
-                Err(e) => return Err(SourceError::io(format!("writing to {}", self.target), e)),
+                Err(e) => return Err(ctx(e)),
             }
         }
-        self.socket
-            .flush()
-            .await
-            .map_err(|e| SourceError::io(format!("writing to {}", self.target), e))
+        socket.flush().await.map_err(ctx)
     }
 
     /// Best-effort orderly close (TLS close_notify / FIN).
     pub(crate) async fn close(mut self) {
         let _ = self.flush().await;
-        let _ = self.socket.shutdown().await;
+        match &mut self.io {
+            Io::Async(socket) => {
+                let _ = socket.shutdown().await;
+            }
+            // Dropping shuts the socket down.
+            Io::Threaded(_) => {}
+        }
+    }
+}
+
+fn eof(target: &str) -> SourceError {
+    SourceError::io(
+        format!("reading from {target}"),
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the server closed the connection",
+        ),
+    )
+}
+
+/// A new receive block holding `partial` (the bytes of a frame not yet
+/// complete): used when frames handed out still share the current block
+/// (or a frame is larger than it), instead of `reserve`, which doubles a
+/// block it owns alone.
+fn fresh_block(partial: &[u8]) -> BytesMut {
+    let mut fresh = BytesMut::with_capacity(READ_BLOCK.max(partial.len() + READ_RESERVE));
+    fresh.extend_from_slice(partial);
+    fresh
+}
+
+/// Batches of frames queued between the reader thread and the connection.
+/// Each is one read (at most [`READ_RESERVE`] bytes of new data, more only
+/// to complete a large frame), so the queue holds a few MiB at most.
+const READER_QUEUE: usize = 16;
+
+/// When a read emptied the socket and fewer bytes than this came since the
+/// last pause, the reader keeps up with the walsender message by message
+/// ...
+const COALESCE_BELOW: usize = 256 * 1024;
+/// ... and then sleeps this long before reading again, so the messages
+/// arriving meanwhile wake nobody and the next read takes them all. Adds at
+/// most this much latency; never paid while data is waiting (a read that
+/// fills the buffer never pauses: pausing then capped a stream of 1 KB rows
+/// at ~26 MB/s, docs/bench.md).
+const COALESCE_WAIT: Duration = Duration::from_millis(2);
+
+/// How long a write on a detached connection may block.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the reader thread reports instead of frames.
+enum ReadFailure {
+    Io(io::Error),
+    Protocol(String),
+}
+
+impl ReadFailure {
+    fn into_source_error(self, target: &str) -> SourceError {
+        match self {
+            ReadFailure::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => eof(target),
+            ReadFailure::Io(e) => SourceError::io(format!("reading from {target}"), e),
+            ReadFailure::Protocol(message) => SourceError::protocol(target, message),
+        }
+    }
+}
+
+/// The connection's side of a detached reader.
+struct Threaded {
+    /// The blocking socket for writes; `None` only in the placeholder.
+    socket: Option<StdSocket>,
+    rx: mpsc::Receiver<Result<Vec<Frame>, ReadFailure>>,
+    /// Frames of the last batch not handed out yet.
+    ready: std::vec::IntoIter<Frame>,
+    /// The thread's failure, reported once `ready` is empty.
+    failed: Option<ReadFailure>,
+}
+
+impl Threaded {
+    fn placeholder() -> Self {
+        let (_, rx) = mpsc::channel(1);
+        Threaded {
+            socket: None,
+            rx,
+            ready: Vec::new().into_iter(),
+            failed: Some(ReadFailure::Io(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl Drop for Threaded {
+    fn drop(&mut self) {
+        // Wakes the thread out of a blocking read (it then exits); the
+        // thread's own clone of the descriptor keeps the socket open until
+        // then, so a plain close would not.
+        if let Some(socket) = &self.socket {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Reads frames off a blocking socket until it fails or the connection is
+/// dropped. Frames are `Bytes` slices of its receive blocks, managed like
+/// the async path's (see the module docs).
+struct ReaderThread {
+    socket: StdSocket,
+    rbuf: BytesMut,
+    decoder: FrameDecoder,
+    tx: mpsc::Sender<Result<Vec<Frame>, ReadFailure>>,
+}
+
+impl ReaderThread {
+    fn run(mut self) {
+        let failure = self.read_loop();
+        // The connection may be gone already; nothing else to tell.
+        let _ = self.tx.blocking_send(Err(failure));
+    }
+
+    fn read_loop(&mut self) -> ReadFailure {
+        let mut since_pause = 0usize;
+        loop {
+            if self.rbuf.capacity() - self.rbuf.len() < READ_RESERVE
+                && !self.rbuf.try_reclaim(READ_RESERVE)
+            {
+                self.rbuf = fresh_block(&self.rbuf);
+            }
+            let filled = self.rbuf.len();
+            let spare = self.rbuf.capacity() - filled;
+            // Safe code cannot read into uninitialised capacity; zeroing
+            // the spare space costs far less than the read itself.
+            self.rbuf.resize(self.rbuf.capacity(), 0);
+            let read = self
+                .socket
+                .read(self.rbuf.get_mut(filled..).unwrap_or_default());
+            let n = match read {
+                Ok(0) => {
+                    self.rbuf.truncate(filled);
+                    return ReadFailure::Io(io::ErrorKind::UnexpectedEof.into());
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                Err(e) => return ReadFailure::Io(e),
+            };
+            self.rbuf.truncate(filled + n);
+            let mut frames = Vec::new();
+            loop {
+                match self.decoder.decode(&mut self.rbuf) {
+                    Ok(Some(frame)) => frames.push(frame),
+                    Ok(None) => break,
+                    Err(e) => {
+                        if !frames.is_empty() && self.tx.blocking_send(Ok(frames)).is_err() {
+                            return ReadFailure::Io(io::ErrorKind::BrokenPipe.into());
+                        }
+                        return ReadFailure::Protocol(e.to_string());
+                    }
+                }
+            }
+            if !frames.is_empty() && self.tx.blocking_send(Ok(frames)).is_err() {
+                // The connection was dropped.
+                return ReadFailure::Io(io::ErrorKind::BrokenPipe.into());
+            }
+            since_pause += n;
+            if n > 0 && n < spare {
+                if since_pause < COALESCE_BELOW {
+                    std::thread::sleep(COALESCE_WAIT);
+                }
+                since_pause = 0;
+            }
+        }
+    }
+}
+
+/// A plain socket in blocking mode.
+enum StdSocket {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl StdSocket {
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            StdSocket::Tcp(s) => s.set_nonblocking(on),
+            StdSocket::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+
+    fn set_write_timeout(&self, limit: Option<Duration>) -> io::Result<()> {
+        match self {
+            StdSocket::Tcp(s) => s.set_write_timeout(limit),
+            StdSocket::Unix(s) => s.set_write_timeout(limit),
+        }
+    }
+
+    fn try_clone(&self) -> io::Result<Self> {
+        Ok(match self {
+            StdSocket::Tcp(s) => StdSocket::Tcp(s.try_clone()?),
+            StdSocket::Unix(s) => StdSocket::Unix(s.try_clone()?),
+        })
+    }
+
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            StdSocket::Tcp(s) => s.shutdown(how),
+            StdSocket::Unix(s) => s.shutdown(how),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            StdSocket::Tcp(s) => s.read(buf),
+            StdSocket::Unix(s) => s.read(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            StdSocket::Tcp(s) => s.write_all(buf),
+            StdSocket::Unix(s) => s.write_all(buf),
+        }
     }
 }

@@ -29,9 +29,11 @@
 //!   once every transaction committed before it has been sent; a
 //!   transaction still being sent has its commit at or after that position
 //!   and is sent again after a reconnect.
-//! * Reads are large and buffered ([`crate::connection`]); every frame
-//!   already buffered is processed before the socket is read again; XLogData
-//!   payloads are slices of the receive buffer.
+//! * Reads are large and buffered ([`crate::connection`]); on plain TCP
+//!   and Unix sockets a reader thread does them and pauses briefly when it
+//!   keeps up, so a fast consumer does not cost the walsender a wake-up per
+//!   message. Every frame already buffered is processed before the socket
+//!   is read again; XLogData payloads are slices of the receive buffer.
 //! * `next()` is cancel-safe: if its future is dropped, no message is lost
 //!   (a message is only removed from the buffer in the same poll that
 //!   returns it) and unsent status bytes are sent by the next call.
@@ -204,26 +206,8 @@ impl LogicalStream {
         self.has_buffered_message()
     }
 
-    /// Whether the last socket read emptied the socket: the walsender had
-    /// sent nothing more at that moment. A consumer may then pause briefly
-    /// so the next read takes many messages at once; while this is false
-    /// (or over TLS, where it is never true) more data is already waiting.
-    pub fn socket_drained(&mut self) -> bool {
-        self.client.conn_mut().drained()
-    }
-
     fn has_buffered_message(&mut self) -> bool {
-        if self.state != State::Streaming {
-            return false;
-        }
-        let b = self.client.conn_mut().buffered();
-        // CopyData: 'd', i32 length (including itself), then 'w' for XLogData.
-        match b.get(..6) {
-            Some(&[b'd', l0, l1, l2, l3, b'w']) => {
-                usize::try_from(i32::from_be_bytes([l0, l1, l2, l3])).is_ok_and(|len| b.len() > len)
-            }
-            _ => false,
-        }
+        self.state == State::Streaming && self.client.conn_mut().has_buffered_xlogdata()
     }
 
     /// The next XLogData, or `None` once the stream ended cleanly (after

@@ -50,18 +50,6 @@ pub const MARKER_PREFIX: &str = "pgrelay";
 const CHUNK_CHANGES: usize = 1000;
 /// Bytes per dispatched chunk.
 const CHUNK_BYTES: usize = 1 << 20;
-/// When a read emptied the socket and fewer bytes than this came since the
-/// last pause, the reader is keeping up with the walsender message by
-/// message ...
-const COALESCE_BELOW: usize = 256 * 1024;
-/// ... and then lets the socket fill this long before reading again: a
-/// reader blocked on the socket is woken for every message the walsender
-/// sends (it flushes after each one), and those wake-ups cost the
-/// walsender more CPU than decoding (`cargo bench --bench stream_vs_native`,
-/// `small`: walsender CPU 0.93 -> 0.70-0.84 s; docs/bench.md). Only after
-/// a read that emptied the socket: pausing after a read that merely filled
-/// the receive buffer capped a stream of 1 KB rows at ~26 MB/s.
-const COALESCE_WAIT: Duration = Duration::from_millis(2);
 /// How long the reader waits for a connected target to make room in its
 /// log's memory before spilling its backlog to disk.
 const SPILL_PATIENCE: Duration = Duration::from_secs(1);
@@ -200,8 +188,6 @@ impl SourceReader {
         let mut eager = EagerChunk::default();
         let mut mid_group = false;
         let mut received_since_tick = false;
-        // Bytes handled since the reader last had to wait for the socket.
-        let mut since_wait = 0usize;
         let received_labels = self.state.source_labels();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -230,16 +216,10 @@ impl SourceReader {
                     // Wake the targets before waiting for the socket, not
                     // for every event: a wake-up per message (three per
                     // small transaction) costs more than the apply work.
+                    // (Coalescing the walsender's small sends is the
+                    // source client's reader thread's job.)
                     if !stream.has_buffered_data() {
                         self.notify_targets();
-                        // Adds at most COALESCE_WAIT of latency.
-                        if since_wait > 0
-                            && since_wait < COALESCE_BELOW
-                            && stream.socket_drained()
-                        {
-                            tokio::time::sleep(COALESCE_WAIT).await;
-                        }
-                        since_wait = 0;
                     }
                     stream.next().await
                 } => r,
@@ -255,7 +235,6 @@ impl SourceReader {
                 Err(e) => break Err(e.into()),
             };
             received_since_tick = true;
-            since_wait += data.data.len();
             metrics::counter!("pgrelay_received_bytes_total", &received_labels)
                 .increment(data.data.len() as u64);
             let msg = match decoder.decode(&data.data) {
