@@ -54,6 +54,16 @@ pub enum VerifyError {
          replication slot of that name on the source; give the name of the stream's slot"
     )]
     UnknownPipeline { pipeline: String },
+    /// A server returned a hash sum that is not an integer (never seen;
+    /// the sum of `bigint` hashes is an integral `numeric`).
+    #[error(
+        "{side}: {what}: the hash sum {value:?} is not an integer; report this as a pgrelay bug"
+    )]
+    BadAggregate {
+        side: Side,
+        what: String,
+        value: String,
+    },
     /// The shutdown future completed first.
     #[error("verification interrupted by shutdown")]
     Interrupted,
@@ -64,7 +74,9 @@ impl VerifyError {
     pub fn is_transient(&self) -> bool {
         match self {
             VerifyError::Sql { error, .. } => error.is_transient(),
-            VerifyError::NoSuchTable { .. } | VerifyError::UnknownPipeline { .. } => false,
+            VerifyError::NoSuchTable { .. }
+            | VerifyError::UnknownPipeline { .. }
+            | VerifyError::BadAggregate { .. } => false,
             VerifyError::LagTimeout { .. } | VerifyError::Interrupted => true,
         }
     }

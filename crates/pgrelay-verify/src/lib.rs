@@ -7,8 +7,11 @@
 //! worker hands its item to the target workers as soon as it holds its
 //! snapshot, so the two sides scan the same item at the same time. A table
 //! whose key is one collation-free column is read in ONE sequential scan
-//! per side that sorts rows into the ranges (`width_bucket`); other tables
-//! in one index range scan per range. A range differs when its count or
+//! per side that sorts rows into the ranges (`width_bucket`) — on a side
+//! where the table is large, as `parallel` TID-range slices of the heap
+//! read at once on extra connections sharing one exported snapshot, since
+//! the planner does not parallelize that query — and other tables in one
+//! index range scan per range. A range differs when its count or
 //! sum differs; the first [`MAX_REPORTED_RANGES`] differing ranges of a
 //! table are reported with their key bounds.
 //!
@@ -33,7 +36,8 @@
 //! extra_float_digits, bytea_output, lc_monetary) on every connection.
 //!
 //! PostgreSQL docs: "Transaction Isolation" (transaction-iso, Repeatable
-//! Read), "System Administration Functions" (pg_current_wal_lsn),
+//! Read), "System Administration Functions" (pg_current_wal_lsn,
+//! pg_export_snapshot), "SET TRANSACTION" (SNAPSHOT),
 //! "pg_replication_slots", "Aggregate Functions" (sum over bigint is
 //! numeric, exact), "Mathematical Functions" (width_bucket with a
 //! thresholds array), "Hash Indexes"/"Interfacing Extensions to Indexes"
@@ -86,6 +90,11 @@ pub struct VerifyOptions {
     /// has frozen the target at exactly that snapshot's position (pgrelay's
     /// verify pauses the streamer there), which makes one pass exact.
     pub snapshot: Option<String>,
+    /// A table checked in one bucket scan (see the module docs) that is
+    /// larger than this many heap blocks on a side is read there in
+    /// `parallel` slices of its heap at once, on connections of their own,
+    /// all in one snapshot.
+    pub slice_above_blocks: u64,
 }
 
 impl Default for VerifyOptions {
@@ -96,6 +105,7 @@ impl Default for VerifyOptions {
             retries: 3,
             pipeline: None,
             snapshot: None,
+            slice_above_blocks: 16_384,
         }
     }
 }
@@ -197,9 +207,26 @@ struct TablePlan {
     points: Vec<Vec<String>>,
     problem: Option<String>,
     planning: Duration,
+    /// Heap blocks on (source, target) at plan time; only read for tables
+    /// checked by bucket scans.
+    blocks: [u64; 2],
 }
 
 impl TablePlan {
+    /// The heap slices one side reads a bucket scan of this table in.
+    fn slices(&self, side: Side, options: &VerifyOptions) -> Vec<plan::BlockRange> {
+        let blocks = match side {
+            Side::Source => self.blocks[0],
+            Side::Target => self.blocks[1],
+        };
+        let n = if blocks > options.slice_above_blocks {
+            options.parallel.max(1)
+        } else {
+            1
+        };
+        plan::block_slices(blocks, n)
+    }
+
     fn ranges(&self) -> usize {
         if self.sql.is_some() {
             self.points.len() + 1
@@ -258,7 +285,7 @@ async fn run(
             None => std::future::pending().await,
         }
     };
-    let checks = check_all(&plans, &src, &tgt, options, applied_rx);
+    let checks = check_all(&plans, [source, target], &src, &tgt, options, applied_rx);
     let (outcomes, spent) = tokio::select! {
         r = watcher => return Err(r.expect_err("the watcher only ends on an error")),
         r = checks => r?,
@@ -295,6 +322,7 @@ async fn plan_all(
             points: Vec::new(),
             problem: None,
             planning: Duration::ZERO,
+            blocks: [0, 0],
         };
         match t {
             None => {
@@ -310,6 +338,13 @@ async fn plan_all(
                         tracing::warn!(table = %s.qualified, "{why}");
                     }
                     p.points = plan::split_points(src, &s, &pairing.key, range_rows).await?;
+                    if pairing.source.bucketable && !p.points.is_empty() {
+                        let (sb, tb) = tokio::try_join!(
+                            plan::heap_blocks(src, Side::Source, s.oid),
+                            plan::heap_blocks(tgt, Side::Target, t.oid),
+                        )?;
+                        p.blocks = [sb, tb];
+                    }
                     p.key = pairing.key;
                     p.sql = Some((pairing.source, pairing.target));
                 }
@@ -386,6 +421,7 @@ type Checked = (HashMap<(usize, usize), Outcome>, HashMap<usize, Duration>);
 /// Checks every range, then re-checks the differing ones.
 async fn check_all(
     plans: &[TablePlan],
+    configs: [&pgrelay_source::Config; 2],
     src: &[Client],
     tgt: &[Client],
     options: &VerifyOptions,
@@ -415,7 +451,8 @@ async fn check_all(
         scans = work.len(),
         "verifying"
     );
-    let (mut outcomes, mut spent) = check_pass(plans, src, tgt, options, &applied, work).await?;
+    let (mut outcomes, mut spent) =
+        check_pass(plans, configs, src, tgt, options, &applied, work).await?;
     for attempt in 1..=options.retries {
         let mut differing: Vec<(usize, usize)> = outcomes
             .iter()
@@ -438,7 +475,8 @@ async fn check_all(
             .into_iter()
             .map(|(t, r)| Work::Range(t, r))
             .collect();
-        let (again, more) = check_pass(plans, src, tgt, options, &applied, differing).await?;
+        let (again, more) =
+            check_pass(plans, configs, src, tgt, options, &applied, differing).await?;
         outcomes.extend(again);
         for (t, d) in more {
             *spent.entry(t).or_default() += d;
@@ -451,6 +489,7 @@ async fn check_all(
 /// them (with their LSN) to target workers through a bounded queue.
 async fn check_pass(
     plans: &[TablePlan],
+    configs: [&pgrelay_source::Config; 2],
     src: &[Client],
     tgt: &[Client],
     options: &VerifyOptions,
@@ -472,6 +511,9 @@ async fn check_pass(
     let source_workers = senders.into_iter().map(|(client, tx)| {
         let (queue, spans) = (&queue, &spans);
         async move {
+            // Connections of this worker's own for the other slices of a
+            // sliced bucket scan, opened when first needed.
+            let mut extras: Vec<Client> = Vec::new();
             loop {
                 let Some(item) = queue.lock().expect("queue lock").pop_front() else {
                     return Ok::<_, VerifyError>(());
@@ -483,12 +525,19 @@ async fn check_pass(
                     .entry(item.table())
                     .or_insert((now, now));
                 let plan = &plans[item.table()];
-                let lsn = source_snapshot(client, plan, item, options.snapshot.as_deref()).await?;
+                let slices = item.slices(plan, Side::Source, options);
+                grow(&mut extras, slices.len(), configs[0], Side::Source).await?;
+                let clients: Vec<&Client> = std::iter::once(client)
+                    .chain(&extras)
+                    .take(slices.len())
+                    .collect();
+                let lsn =
+                    source_snapshot(&clients, plan, item, options.snapshot.as_deref()).await?;
                 let (aggs_tx, aggs_rx) = oneshot::channel();
                 if tx.send((item, lsn, aggs_rx)).await.is_err() {
                     return Ok(());
                 }
-                let aggs = source_read(client, plan, item).await?;
+                let aggs = source_read(&clients, plan, item, &slices).await?;
                 // The target side gone means the pass is failing already.
                 let _ = aggs_tx.send(aggs);
             }
@@ -498,6 +547,7 @@ async fn check_pass(
         let (rx, results, spans) = (&rx, &results, &spans);
         let mut applied = applied.clone();
         async move {
+            let mut extras: Vec<Client> = Vec::new();
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some((item, lsn, saggs)) = next else {
@@ -506,14 +556,20 @@ async fn check_pass(
                 if let Some(pipeline) = &options.pipeline {
                     wait_applied(&mut applied, lsn, pipeline).await?;
                 }
-                let taggs = target_read(client, plans, item).await?;
+                let plan = &plans[item.table()];
+                let slices = item.slices(plan, Side::Target, options);
+                grow(&mut extras, slices.len(), configs[1], Side::Target).await?;
+                let clients: Vec<&Client> = std::iter::once(client)
+                    .chain(&extras)
+                    .take(slices.len())
+                    .collect();
+                let taggs = target_read(&clients, plan, item, &slices).await?;
                 // A source worker that failed returns its error to the
                 // join, which ends this worker too.
                 let saggs = saggs.await.map_err(|_| VerifyError::Interrupted)?;
                 {
                     let mut results = results.lock().expect("results lock");
-                    let ranges = plans[item.table()].ranges();
-                    for (r, (s, t)) in pair_aggs(item, ranges, saggs, taggs) {
+                    for (r, (s, t)) in pair_aggs(item, plan.ranges(), saggs, taggs) {
                         results.insert((item.table(), r), (s, t));
                     }
                 }
@@ -531,6 +587,19 @@ async fn check_pass(
         .map(|(t, (a, b))| (t, b.saturating_duration_since(a)))
         .collect();
     Ok((results.into_inner().expect("results lock"), spent))
+}
+
+/// Opens connections until `extras` holds `slices - 1` of them.
+async fn grow(
+    extras: &mut Vec<Client>,
+    slices: usize,
+    config: &pgrelay_source::Config,
+    side: Side,
+) -> Result<(), VerifyError> {
+    while extras.len() + 1 < slices {
+        extras.push(connect(config, side).await?);
+    }
+    Ok(())
 }
 
 async fn wait_applied(
@@ -587,7 +656,7 @@ fn agg(row: &tokio_postgres::Row) -> Agg {
 enum Work {
     /// Range `.1` of table `.0`, through its key index.
     Range(usize, usize),
-    /// Every range of table `.0` in one sequential scan.
+    /// Every range of table `.0` in one sequential scan (per heap slice).
     Buckets(usize),
 }
 
@@ -604,33 +673,82 @@ impl Work {
             Work::Buckets(_) => format!("checking {}.{}", plan.schema, plan.name),
         }
     }
+
+    /// The heap slices this item is read in on `side` (one connection
+    /// each, all in one snapshot).
+    fn slices(
+        self,
+        plan: &TablePlan,
+        side: Side,
+        options: &VerifyOptions,
+    ) -> Vec<plan::BlockRange> {
+        match self {
+            Work::Range(..) => vec![(None, None)],
+            Work::Buckets(_) => plan.slices(side, options),
+        }
+    }
 }
 
-/// Runs `item`'s query on one side; per range index, its aggregate. A
-/// bucket scan returns only the ranges that hold rows.
+/// Runs `item`'s query on one side, one heap slice per client at once;
+/// per range index, its aggregate. A bucket scan returns only the ranges
+/// that hold rows; the slices' aggregates of a range add up.
 async fn read(
-    client: &Client,
+    clients: &[&Client],
     plan: &TablePlan,
     sql: &SideSql,
     item: Work,
-) -> Result<Vec<(usize, Agg)>, tokio_postgres::Error> {
+    slices: &[plan::BlockRange],
+    side: Side,
+) -> Result<Vec<(usize, Agg)>, VerifyError> {
+    let err = |e| VerifyError::sql(side, item.describe(plan), e);
     match item {
         Work::Range(_, r) => {
+            let client = clients.first().ok_or(VerifyError::Interrupted)?;
             let (lo, hi, p) = params(plan, r);
-            let row = client.query_one(&sql.range_query(lo, hi), &p).await?;
+            let row = client
+                .query_one(&sql.range_query(lo, hi), &p)
+                .await
+                .map_err(err)?;
             Ok(vec![(r, agg(&row))])
         }
         Work::Buckets(_) => {
-            let rows = client.query(&sql.bucket_query(&plan.points), &[]).await?;
-            Ok(rows
+            let queries: Vec<String> = slices
                 .iter()
-                .map(|row| {
-                    let bucket: i32 = row.get(0);
+                .map(|b| sql.bucket_query(&plan.points, *b))
+                .collect();
+            let per_slice =
+                try_join_all(clients.iter().zip(&queries).map(|(c, q)| c.query(q, &[])))
+                    .await
+                    .map_err(err)?;
+            let mut merged: HashMap<usize, (i64, i128)> = HashMap::new();
+            for row in per_slice.iter().flatten() {
+                let bucket: i32 = row.get(0);
+                let a = Agg {
+                    count: row.get(1),
+                    sum: row.get(2),
+                };
+                let sum = a
+                    .sum
+                    .parse::<i128>()
+                    .map_err(|_| VerifyError::BadAggregate {
+                        side,
+                        what: item.describe(plan),
+                        value: a.sum.clone(),
+                    })?;
+                let e = merged
+                    .entry(usize::try_from(bucket).unwrap_or(0))
+                    .or_default();
+                e.0 += a.count;
+                e.1 += sum;
+            }
+            Ok(merged
+                .into_iter()
+                .map(|(r, (count, sum))| {
                     (
-                        usize::try_from(bucket).unwrap_or(0),
+                        r,
                         Agg {
-                            count: row.get(1),
-                            sum: row.get(2),
+                            count,
+                            sum: sum.to_string(),
                         },
                     )
                 })
@@ -668,60 +786,104 @@ fn pair_aggs(
     out.into_iter().collect()
 }
 
-/// Opens `item`'s REPEATABLE READ READ ONLY transaction on the source and
-/// returns an LSN at or past every commit its snapshot sees.
+const BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
+/// Opens `item`'s REPEATABLE READ READ ONLY transaction on the source (on
+/// every client, all in the first one's snapshot) and returns an LSN at or
+/// past every commit that snapshot sees.
 async fn source_snapshot(
-    client: &Client,
+    clients: &[&Client],
     plan: &TablePlan,
     item: Work,
     snapshot: Option<&str>,
 ) -> Result<Lsn, VerifyError> {
     let err = |e| VerifyError::sql(Side::Source, item.describe(plan), e);
-    client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    let (first, others) = clients.split_first().ok_or(VerifyError::Interrupted)?;
+    first.batch_execute(BEGIN).await.map_err(err)?;
+    if let Some(id) = snapshot {
+        first.batch_execute(&set_snapshot(id)).await.map_err(err)?;
+    }
+    // First statement: takes the snapshot, then reads the LSN. The other
+    // slices' transactions share the snapshot: the caller's, or this one's
+    // exported.
+    let export = snapshot.is_none() && !others.is_empty();
+    let row = first
+        .query_one(
+            if export {
+                "SELECT pg_current_wal_lsn()::text, pg_export_snapshot()"
+            } else {
+                "SELECT pg_current_wal_lsn()::text, NULL::text"
+            },
+            &[],
+        )
         .await
         .map_err(err)?;
-    if let Some(id) = snapshot {
-        client
-            .batch_execute(&format!(
-                "SET TRANSACTION SNAPSHOT '{}'",
-                id.replace('\'', "''")
-            ))
-            .await
-            .map_err(err)?;
+    let lsn: String = row.get(0);
+    let exported: Option<String> = row.get(1);
+    if let Some(id) = exported.as_deref().or(snapshot) {
+        share_snapshot(others, id).await.map_err(err)?;
     }
-    // First statement: takes the snapshot, then reads the LSN.
-    let lsn: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .map_err(err)?
-        .get(0);
     Ok(Lsn::from_str(&lsn).unwrap_or(Lsn::INVALID))
 }
 
-/// Reads `item` in the transaction [`source_snapshot`] opened, and ends it.
+/// `SET TRANSACTION SNAPSHOT` for an exported snapshot id.
+fn set_snapshot(id: &str) -> String {
+    format!("SET TRANSACTION SNAPSHOT '{}'", id.replace('\'', "''"))
+}
+
+/// Opens a transaction in snapshot `id` on every client.
+async fn share_snapshot(clients: &[&Client], id: &str) -> Result<(), tokio_postgres::Error> {
+    let sql = format!("{BEGIN}; {}", set_snapshot(id));
+    try_join_all(clients.iter().map(|c| c.batch_execute(&sql))).await?;
+    Ok(())
+}
+
+/// Ends the transaction on every client.
+async fn commit(clients: &[&Client]) -> Result<(), tokio_postgres::Error> {
+    try_join_all(clients.iter().map(|c| c.batch_execute("COMMIT"))).await?;
+    Ok(())
+}
+
+/// Reads `item` in the transactions [`source_snapshot`] opened, and ends
+/// them.
 async fn source_read(
-    client: &Client,
+    clients: &[&Client],
     plan: &TablePlan,
     item: Work,
+    slices: &[plan::BlockRange],
 ) -> Result<Vec<(usize, Agg)>, VerifyError> {
     let (sql, _) = plan.sql.as_ref().expect("only planned tables have ranges");
-    let err = |e| VerifyError::sql(Side::Source, item.describe(plan), e);
-    let aggs = read(client, plan, sql, item).await.map_err(err)?;
-    client.batch_execute("COMMIT").await.map_err(err)?;
+    let aggs = read(clients, plan, sql, item, slices, Side::Source).await?;
+    commit(clients)
+        .await
+        .map_err(|e| VerifyError::sql(Side::Source, item.describe(plan), e))?;
     Ok(aggs)
 }
 
+/// Reads `item` on the target: one statement, or, in heap slices, one
+/// transaction per client in the first one's exported snapshot.
 async fn target_read(
-    client: &Client,
-    plans: &[TablePlan],
+    clients: &[&Client],
+    plan: &TablePlan,
     item: Work,
+    slices: &[plan::BlockRange],
 ) -> Result<Vec<(usize, Agg)>, VerifyError> {
-    let plan = &plans[item.table()];
     let (_, sql) = plan.sql.as_ref().expect("only planned tables have ranges");
-    read(client, plan, sql, item)
+    if clients.len() < 2 {
+        return read(clients, plan, sql, item, slices, Side::Target).await;
+    }
+    let err = |e| VerifyError::sql(Side::Target, item.describe(plan), e);
+    let (first, others) = clients.split_first().ok_or(VerifyError::Interrupted)?;
+    first.batch_execute(BEGIN).await.map_err(err)?;
+    let id: String = first
+        .query_one("SELECT pg_export_snapshot()", &[])
         .await
-        .map_err(|e| VerifyError::sql(Side::Target, item.describe(plan), e))
+        .map_err(err)?
+        .get(0);
+    share_snapshot(others, &id).await.map_err(err)?;
+    let aggs = read(clients, plan, sql, item, slices, Side::Target).await?;
+    commit(clients).await.map_err(err)?;
+    Ok(aggs)
 }
 
 fn report(

@@ -114,20 +114,72 @@ impl SideSql {
     /// Only for a one-column key of a type without collation
     /// (`bucketable`): the bucket order is then the type's btree order on
     /// both sides, with no collation to agree on.
-    pub fn bucket_query(&self, points: &[Vec<String>]) -> String {
+    ///
+    /// `blocks` limits the scan to a slice of the heap (`ctid` between
+    /// `(lo,0)` and `(hi,0)`, a TID range scan): a large table is read as
+    /// several slices at once in one snapshot, since the planner will not
+    /// parallelize this query itself (it expects one group per key).
+    pub fn bucket_query(&self, points: &[Vec<String>], blocks: BlockRange) -> String {
         let (col, ty) = &self.key[0];
         let items: Vec<String> = points
             .iter()
             .map(|p| quote_literal(p.first().map_or("", String::as_str)))
             .collect();
+        let mut conds = Vec::new();
+        if let Some(lo) = blocks.0 {
+            conds.push(format!("ctid >= '({lo},0)'::tid"));
+        }
+        if let Some(hi) = blocks.1 {
+            conds.push(format!("ctid < '({hi},0)'::tid"));
+        }
+        let filter = if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        };
         format!(
             "SELECT width_bucket({col}, ARRAY[{}]::text[]::{ty}[]), count(*), \
-             coalesce(sum({}), 0)::text FROM {} GROUP BY 1",
+             coalesce(sum({}), 0)::text FROM {}{filter} GROUP BY 1",
             items.join(", "),
             self.hash,
             self.from
         )
     }
+}
+
+/// Heap blocks `[lo, hi)`; `None` bounds are open. The first slice of a
+/// table starts at block 0 and the last is open above, so rows in blocks
+/// added after planning are still read.
+pub(crate) type BlockRange = (Option<u64>, Option<u64>);
+
+/// `n` slices of a heap of `blocks` blocks (one open slice when `n` is 1).
+pub(crate) fn block_slices(blocks: u64, n: usize) -> Vec<BlockRange> {
+    let n = u64::try_from(n.max(1)).unwrap_or(1);
+    let cut = |i: u64| blocks * i / n;
+    (0..n)
+        .map(|i| {
+            let lo = (i > 0).then(|| cut(i));
+            let hi = (i + 1 < n).then(|| cut(i + 1));
+            (lo, hi)
+        })
+        .collect()
+}
+
+/// Heap blocks of a table (all leaf partitions of a partitioned one) now.
+pub(crate) async fn heap_blocks(client: &Client, side: Side, oid: u32) -> Result<u64, VerifyError> {
+    let blocks: i64 = client
+        .query_one(
+            "SELECT (coalesce(sum(pg_relation_size(c.oid)), 0) \
+                     / current_setting('block_size')::int)::int8 \
+             FROM pg_class c WHERE c.oid IN ( \
+               SELECT $1::oid WHERE (SELECT relkind FROM pg_class WHERE oid = $1::oid) <> 'p' \
+               UNION SELECT relid FROM pg_partition_tree($1::oid::regclass) WHERE isleaf)",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| VerifyError::sql(side, "sizing a table", e))?
+        .get(0);
+    Ok(u64::try_from(blocks).unwrap_or(0))
 }
 
 /// The effective collation of the database default, e.g. `libc:C`.
@@ -519,9 +571,24 @@ mod tests {
             bucketable: true,
         };
         assert_eq!(
-            s.bucket_query(&[vec!["10".into()], vec!["2'0".into()]]),
+            s.bucket_query(&[vec!["10".into()], vec!["2'0".into()]], (None, None)),
             "SELECT width_bucket(\"id\", ARRAY['10', '2''0']::text[]::bigint[]), count(*), \
              coalesce(sum(h), 0)::text FROM t GROUP BY 1"
         );
+        assert!(s
+            .bucket_query(&[vec!["1".into()]], (Some(5), Some(9)))
+            .ends_with("FROM t WHERE ctid >= '(5,0)'::tid AND ctid < '(9,0)'::tid GROUP BY 1"));
+    }
+
+    #[test]
+    fn block_slices_cover_the_heap_and_beyond() {
+        assert_eq!(block_slices(100, 1), vec![(None, None)]);
+        assert_eq!(
+            block_slices(100, 3),
+            vec![(None, Some(33)), (Some(33), Some(66)), (Some(66), None)]
+        );
+        // Fewer blocks than slices: empty slices, still disjoint and open
+        // at both ends.
+        assert_eq!(block_slices(1, 2), vec![(None, Some(0)), (Some(0), None)]);
     }
 }
