@@ -384,12 +384,15 @@ const READER_QUEUE: usize = 16;
 /// ...
 const COALESCE_BELOW: usize = 256 * 1024;
 /// ... and then sleeps this long before reading again (over TCP only, see
-/// [`ReaderThread::read_loop`]), so the messages
-/// arriving meanwhile wake nobody and the next read takes them all. Adds at
-/// most this much latency; never paid while data is waiting (a read that
-/// fills the buffer never pauses: pausing then capped a stream of 1 KB rows
-/// at ~26 MB/s, docs/bench.md).
-const COALESCE_WAIT: Duration = Duration::from_millis(2);
+/// [`ReaderThread::read_loop`]), so the messages arriving meanwhile wake
+/// nobody and the next read takes them all. Adds at most this much
+/// latency; never paid while data is waiting (a read that fills the buffer
+/// never pauses: pausing then capped a stream of 1 KB rows at ~26 MB/s,
+/// docs/bench.md). Short, because a longer pause lets the receive window
+/// fill and stalls the walsender: with 2 ms the pgbench drain's walsender
+/// CPU went from 1.0 s to 2.2-2.6 s (`cargo bench --bench
+/// stream_vs_native`, docs/bench.md).
+const COALESCE_WAIT: Duration = Duration::from_micros(500);
 
 /// How long a write on a detached connection may block.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
