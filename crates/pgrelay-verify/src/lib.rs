@@ -526,11 +526,9 @@ async fn check_pass(
                     .or_insert((now, now));
                 let plan = &plans[item.table()];
                 let slices = item.slices(plan, Side::Source, options);
-                grow(&mut extras, slices.len(), configs[0], Side::Source).await?;
-                let clients: Vec<&Client> = std::iter::once(client)
-                    .chain(&extras)
-                    .take(slices.len())
-                    .collect();
+                let clients =
+                    slice_clients(client, &mut extras, slices.len(), configs[0], Side::Source)
+                        .await?;
                 let lsn =
                     source_snapshot(&clients, plan, item, options.snapshot.as_deref()).await?;
                 let (aggs_tx, aggs_rx) = oneshot::channel();
@@ -558,11 +556,9 @@ async fn check_pass(
                 }
                 let plan = &plans[item.table()];
                 let slices = item.slices(plan, Side::Target, options);
-                grow(&mut extras, slices.len(), configs[1], Side::Target).await?;
-                let clients: Vec<&Client> = std::iter::once(client)
-                    .chain(&extras)
-                    .take(slices.len())
-                    .collect();
+                let clients =
+                    slice_clients(client, &mut extras, slices.len(), configs[1], Side::Target)
+                        .await?;
                 let taggs = target_read(&clients, plan, item, &slices).await?;
                 // A source worker that failed returns its error to the
                 // join, which ends this worker too.
@@ -589,17 +585,22 @@ async fn check_pass(
     Ok((results.into_inner().expect("results lock"), spent))
 }
 
-/// Opens connections until `extras` holds `slices - 1` of them.
-async fn grow(
-    extras: &mut Vec<Client>,
+/// The connections for `slices` heap slices: `first`, then `extras`,
+/// opening more until there are enough.
+async fn slice_clients<'a>(
+    first: &'a Client,
+    extras: &'a mut Vec<Client>,
     slices: usize,
     config: &pgrelay_source::Config,
     side: Side,
-) -> Result<(), VerifyError> {
+) -> Result<Vec<&'a Client>, VerifyError> {
     while extras.len() + 1 < slices {
         extras.push(connect(config, side).await?);
     }
-    Ok(())
+    Ok(std::iter::once(first)
+        .chain(extras.iter())
+        .take(slices)
+        .collect())
 }
 
 async fn wait_applied(
