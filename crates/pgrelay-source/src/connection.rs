@@ -573,3 +573,104 @@ impl StdSocket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::os::unix::net::UnixStream as StdUnix;
+
+    use super::*;
+
+    /// A message: tag, length, body.
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn pair() -> (Connection, StdUnix) {
+        let (ours, theirs) = StdUnix::pair().expect("socketpair");
+        ours.set_nonblocking(true).expect("nonblocking");
+        let socket = UnixStream::from_std(ours).expect("tokio socket");
+        (Connection::new(Socket::Unix(socket), "test".into()), theirs)
+    }
+
+    #[tokio::test]
+    async fn detached_reader_keeps_frames_whole_across_reads_and_the_switch() {
+        let (mut conn, mut peer) = pair();
+        let big: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        let mut wire = msg(b'W', b"\0\0\0");
+        wire.extend(msg(b'd', b"wfirst"));
+        wire.extend(msg(b'd', &big));
+        wire.extend(msg(b'd', b"wlast"));
+        wire.extend(msg(b'Z', b"I"));
+        // Before the switch: the first message and part of the second
+        // arrive on the async socket.
+        let cut = 5 + 3 + 5 + 6 + 1000;
+        peer.write_all(&wire[..cut]).expect("write");
+        assert_eq!(conn.read_frame().await.expect("W").tag, b'W');
+        conn.detach_reader().expect("detach");
+        // The rest in odd pieces, including splits inside length fields.
+        let writer = std::thread::spawn(move || {
+            for piece in wire[cut..].chunks(7_777) {
+                peer.write_all(piece).expect("write");
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            peer
+        });
+        let first = conn.read_frame().await.expect("first");
+        assert_eq!((first.tag, &first.body[..]), (b'd', &b"wfirst"[..]));
+        let second = conn.read_frame().await.expect("big");
+        assert_eq!(second.body.len(), big.len());
+        assert!(second.body[..] == big[..], "the large frame arrives intact");
+        assert!(conn
+            .read_frame()
+            .await
+            .expect("last")
+            .body
+            .ends_with(b"wlast"));
+        assert_eq!(conn.read_frame().await.expect("Z").tag, b'Z');
+        // Writes go to the blocking socket.
+        let mut peer = writer.join().expect("writer");
+        conn.wbuf().extend_from_slice(b"hello");
+        conn.flush().await.expect("flush");
+        let mut got = [0u8; 5];
+        std::io::Read::read_exact(&mut peer, &mut got).expect("read");
+        assert_eq!(&got, b"hello");
+        // The peer going away is a transient I/O error, reported again on
+        // every later read.
+        drop(peer);
+        for _ in 0..2 {
+            let err = conn.read_frame().await.expect_err("eof");
+            assert!(matches!(err, SourceError::Io { .. }), "{err:?}");
+            assert!(err.is_transient());
+        }
+    }
+
+    #[tokio::test]
+    async fn detached_reader_reports_a_malformed_length_after_the_good_frames() {
+        let (mut conn, mut peer) = pair();
+        conn.detach_reader().expect("detach");
+        let mut wire = msg(b'd', b"wok");
+        // Length 3: shorter than the length field itself.
+        wire.extend_from_slice(b"d\x00\x00\x00\x03");
+        peer.write_all(&wire).expect("write");
+        assert_eq!(&conn.read_frame().await.expect("good").body[..], b"wok");
+        let err = conn.read_frame().await.expect_err("bad length");
+        assert!(matches!(err, SourceError::Protocol { .. }), "{err:?}");
+        assert!(err.to_string().contains("at stream byte 8"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn dropping_a_detached_connection_closes_the_socket() {
+        let (mut conn, mut peer) = pair();
+        conn.detach_reader().expect("detach");
+        drop(conn);
+        let mut buf = [0u8; 1];
+        peer.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let n = std::io::Read::read(&mut peer, &mut buf).expect("EOF, not a timeout");
+        assert_eq!(n, 0);
+    }
+}
