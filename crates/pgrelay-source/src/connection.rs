@@ -130,6 +130,9 @@ enum Io {
     Async(Socket),
     /// Reads by a [`ReaderThread`], writes on the blocking socket.
     Threaded(Threaded),
+    /// Handing reading to a thread failed after the socket was taken: the
+    /// connection is unusable.
+    Broken,
 }
 
 impl Connection {
@@ -151,7 +154,7 @@ impl Connection {
     pub(crate) fn peer_certificate(&self) -> Option<&[u8]> {
         match &self.io {
             Io::Async(s) => s.peer_certificate(),
-            Io::Threaded(_) => None,
+            Io::Threaded(_) | Io::Broken => None,
         }
     }
 
@@ -175,19 +178,18 @@ impl Connection {
     /// transactions over TCP in 1.0–2.6 s (~600 reads) instead of 3.9–4.6 s
     /// (~300k reads and as many epoll wake-ups) on the async socket.
     pub(crate) fn detach_reader(&mut self) -> Result<(), SourceError> {
-        // Take the socket out; the placeholder (a failed reader) is only
-        // left behind if turning the socket into a blocking one fails.
+        // `Broken` stays only if turning the socket into a blocking one
+        // fails.
         let target = self.target.clone();
         let ctx = |e| SourceError::io(format!("preparing to read from {target}"), e);
-        let std_socket =
-            match std::mem::replace(&mut self.io, Io::Threaded(Threaded::placeholder())) {
-                Io::Async(Socket::Tcp(s)) => StdSocket::Tcp(s.into_std().map_err(ctx)?),
-                Io::Async(Socket::Unix(s)) => StdSocket::Unix(s.into_std().map_err(ctx)?),
-                other => {
-                    self.io = other;
-                    return Ok(());
-                }
-            };
+        let std_socket = match std::mem::replace(&mut self.io, Io::Broken) {
+            Io::Async(Socket::Tcp(s)) => StdSocket::Tcp(s.into_std().map_err(ctx)?),
+            Io::Async(Socket::Unix(s)) => StdSocket::Unix(s.into_std().map_err(ctx)?),
+            other => {
+                self.io = other;
+                return Ok(());
+            }
+        };
         std_socket.set_nonblocking(false).map_err(ctx)?;
         // A server that stops reading must not hang a status update forever.
         std_socket
@@ -210,6 +212,7 @@ impl Connection {
         let thread = ReaderThread {
             socket: reader,
             rbuf: leftover,
+            scratch: vec![0; READ_RESERVE].into_boxed_slice(),
             decoder,
             tx,
         };
@@ -218,7 +221,7 @@ impl Connection {
             .spawn(move || thread.run())
             .map_err(ctx)?;
         self.io = Io::Threaded(Threaded {
-            socket: Some(std_socket),
+            socket: std_socket,
             rx,
             ready: ready.into_iter(),
             failed: None,
@@ -240,6 +243,7 @@ impl Connection {
                     None => Ok(None),
                 },
             },
+            Io::Broken => Err(broken(&self.target, "reading from")),
         }
     }
 
@@ -263,6 +267,7 @@ impl Connection {
                 .as_slice()
                 .first()
                 .is_some_and(|f| f.tag == b'd' && f.body.first() == Some(&b'w')),
+            Io::Broken => false,
         }
     }
 
@@ -282,6 +287,7 @@ impl Connection {
                 }
                 return Ok(());
             }
+            Io::Broken => return Err(broken(&self.target, "reading from")),
         };
         if self.rbuf.capacity() - self.rbuf.len() < READ_RESERVE
             && !self.rbuf.try_reclaim(READ_RESERVE)
@@ -323,13 +329,11 @@ impl Connection {
         let socket = match &mut self.io {
             Io::Async(socket) => socket,
             Io::Threaded(t) => {
-                let Some(socket) = t.socket.as_mut() else {
-                    return Err(ctx(io::ErrorKind::NotConnected.into()));
-                };
-                socket.write_all(&self.wbuf).map_err(ctx)?;
+                t.socket.write_all(&self.wbuf).map_err(ctx)?;
                 self.wbuf.clear();
                 return Ok(());
             }
+            Io::Broken => return Err(broken(&self.target, "writing to")),
         };
         while !self.wbuf.is_empty() {
             match socket.write_buf(&mut self.wbuf).await {
@@ -349,9 +353,19 @@ impl Connection {
                 let _ = socket.shutdown().await;
             }
             // Dropping shuts the socket down.
-            Io::Threaded(_) => {}
+            Io::Threaded(_) | Io::Broken => {}
         }
     }
+}
+
+fn broken(target: &str, doing: &str) -> SourceError {
+    SourceError::io(
+        format!("{doing} {target}"),
+        io::Error::new(
+            io::ErrorKind::NotConnected,
+            "the connection was lost while starting its reader",
+        ),
+    )
 }
 
 fn eof(target: &str) -> SourceError {
@@ -415,8 +429,8 @@ impl ReadFailure {
 
 /// The connection's side of a detached reader.
 struct Threaded {
-    /// The blocking socket for writes; `None` only in the placeholder.
-    socket: Option<StdSocket>,
+    /// The blocking socket, for writes.
+    socket: StdSocket,
     rx: mpsc::Receiver<Result<Vec<Frame>, ReadFailure>>,
     /// Frames of the last batch not handed out yet.
     ready: std::vec::IntoIter<Frame>,
@@ -424,26 +438,12 @@ struct Threaded {
     failed: Option<ReadFailure>,
 }
 
-impl Threaded {
-    fn placeholder() -> Self {
-        let (_, rx) = mpsc::channel(1);
-        Threaded {
-            socket: None,
-            rx,
-            ready: Vec::new().into_iter(),
-            failed: Some(ReadFailure::Io(io::ErrorKind::NotConnected.into())),
-        }
-    }
-}
-
 impl Drop for Threaded {
     fn drop(&mut self) {
         // Wakes the thread out of a blocking read (it then exits); the
         // thread's own clone of the descriptor keeps the socket open until
         // then, so a plain close would not.
-        if let Some(socket) = &self.socket {
-            let _ = socket.shutdown(Shutdown::Both);
-        }
+        let _ = self.socket.shutdown(Shutdown::Both);
     }
 }
 
@@ -453,6 +453,10 @@ impl Drop for Threaded {
 struct ReaderThread {
     socket: StdSocket,
     rbuf: BytesMut,
+    /// Where a read lands before it is appended to `rbuf`: safe code cannot
+    /// read into a block's uninitialised capacity, and copying what a read
+    /// brought costs less than zeroing the whole free space every time.
+    scratch: Box<[u8]>,
     decoder: FrameDecoder,
     tx: mpsc::Sender<Result<Vec<Frame>, ReadFailure>>,
 }
@@ -478,24 +482,15 @@ impl ReaderThread {
             {
                 self.rbuf = fresh_block(&self.rbuf);
             }
-            let filled = self.rbuf.len();
-            let spare = self.rbuf.capacity() - filled;
-            // Safe code cannot read into uninitialised capacity; zeroing
-            // the spare space costs far less than the read itself.
-            self.rbuf.resize(self.rbuf.capacity(), 0);
-            let read = self
-                .socket
-                .read(self.rbuf.get_mut(filled..).unwrap_or_default());
-            let n = match read {
-                Ok(0) => {
-                    self.rbuf.truncate(filled);
-                    return ReadFailure::Io(io::ErrorKind::UnexpectedEof.into());
-                }
+            let n = match self.socket.read(&mut self.scratch) {
+                Ok(0) => return ReadFailure::Io(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
                 Err(e) => return ReadFailure::Io(e),
             };
-            self.rbuf.truncate(filled + n);
+            // Fits: the block has READ_RESERVE bytes free (no reallocation).
+            self.rbuf
+                .extend_from_slice(self.scratch.get(..n).unwrap_or_default());
             let mut frames = Vec::new();
             loop {
                 match self.decoder.decode(&mut self.rbuf) {
@@ -514,7 +509,7 @@ impl ReaderThread {
                 return ReadFailure::Io(io::ErrorKind::BrokenPipe.into());
             }
             since_pause += n;
-            if pause && n > 0 && n < spare {
+            if pause && n > 0 && n < self.scratch.len() {
                 if since_pause < COALESCE_BELOW {
                     std::thread::sleep(COALESCE_WAIT);
                 }

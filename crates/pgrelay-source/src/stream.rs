@@ -32,8 +32,9 @@
 //! * Reads are large and buffered ([`crate::connection`]); on plain TCP
 //!   and Unix sockets a reader thread does them; over TCP it pauses
 //!   briefly when it keeps up, so a fast consumer does not cost the
-//!   walsender a wake-up per message. Every frame already buffered is processed before the socket
-//!   is read again; XLogData payloads are slices of the receive buffer.
+//!   walsender a wake-up per message. Every frame already buffered is
+//!   processed before the socket is read again; XLogData payloads are
+//!   slices of the receive buffer.
 //! * `next()` is cancel-safe: if its future is dropped, no message is lost
 //!   (a message is only removed from the buffer in the same poll that
 //!   returns it) and unsent status bytes are sent by the next call.

@@ -337,13 +337,12 @@ async fn plan_all(
                     if let Some(why) = &pairing.unsplit_reason {
                         tracing::warn!(table = %s.qualified, "{why}");
                     }
-                    p.points = plan::split_points(src, &s, &pairing.key, range_rows).await?;
+                    let (points, source_blocks) =
+                        plan::split_points(src, &s, &pairing.key, range_rows).await?;
+                    p.points = points;
                     if pairing.source.bucketable && !p.points.is_empty() {
-                        let (sb, tb) = tokio::try_join!(
-                            plan::heap_blocks(src, Side::Source, s.oid),
-                            plan::heap_blocks(tgt, Side::Target, t.oid),
-                        )?;
-                        p.blocks = [sb, tb];
+                        let target_blocks = plan::heap_blocks(tgt, Side::Target, t.oid).await?;
+                        p.blocks = [source_blocks, target_blocks];
                     }
                     p.key = pairing.key;
                     p.sql = Some((pairing.source, pairing.target));

@@ -165,15 +165,21 @@ pub(crate) fn block_slices(blocks: u64, n: usize) -> Vec<BlockRange> {
         .collect()
 }
 
+/// The relations holding the rows of table `$1`: itself, or the leaf
+/// partitions of a partitioned table.
+const LEAVES: &str =
+    "SELECT $1::oid WHERE (SELECT relkind FROM pg_class WHERE oid = $1::oid) <> 'p' \
+     UNION SELECT relid FROM pg_partition_tree($1::oid::regclass) WHERE isleaf";
+
 /// Heap blocks of a table (all leaf partitions of a partitioned one) now.
 pub(crate) async fn heap_blocks(client: &Client, side: Side, oid: u32) -> Result<u64, VerifyError> {
     let blocks: i64 = client
         .query_one(
-            "SELECT (coalesce(sum(pg_relation_size(c.oid)), 0) \
-                     / current_setting('block_size')::int)::int8 \
-             FROM pg_class c WHERE c.oid IN ( \
-               SELECT $1::oid WHERE (SELECT relkind FROM pg_class WHERE oid = $1::oid) <> 'p' \
-               UNION SELECT relid FROM pg_partition_tree($1::oid::regclass) WHERE isleaf)",
+            &format!(
+                "SELECT (coalesce(sum(pg_relation_size(c.oid)), 0) \
+                        / current_setting('block_size')::int)::int8 \
+                 FROM pg_class c WHERE c.oid IN ({LEAVES})"
+            ),
             &[&oid],
         )
         .await
@@ -452,38 +458,41 @@ fn row_hash(cols: &[Column], native: &[bool]) -> String {
 }
 
 /// Split points (each a key as text, one value per key column) cutting the
-/// source table into ranges of about `range_rows` rows; empty: one range.
+/// source table into ranges of about `range_rows` rows (empty: one range),
+/// and the table's heap blocks (0 when it has no key and was not sized).
 pub(crate) async fn split_points(
     client: &Client,
     table: &SideTable,
     key: &[String],
     range_rows: u64,
-) -> Result<Vec<Vec<String>>, VerifyError> {
+) -> Result<(Vec<Vec<String>>, u64), VerifyError> {
     if key.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
     let what = || format!("sizing {}", table.qualified);
     let row = client
         .query_one(
-            "SELECT coalesce(sum(pg_relation_size(c.oid)), 0)::float8 \
+            &format!(
+                "SELECT coalesce(sum(pg_relation_size(c.oid)), 0)::float8 \
                     / current_setting('block_size')::float8, \
                     coalesce(sum(greatest(c.reltuples, 0)), 0)::float8, \
                     coalesce(bool_and(c.reltuples >= 0), false) \
-             FROM pg_class c WHERE c.oid IN ( \
-               SELECT $1::oid WHERE (SELECT relkind FROM pg_class WHERE oid = $1::oid) <> 'p' \
-               UNION SELECT relid FROM pg_partition_tree($1::oid::regclass) WHERE isleaf)",
+             FROM pg_class c WHERE c.oid IN ({LEAVES})"
+            ),
             &[&table.oid],
         )
         .await
         .map_err(|e| VerifyError::sql(Side::Source, what(), e))?;
     let pages: f64 = row.get(0);
+    // Whole blocks: relation sizes are multiples of the block size.
+    let blocks = pages as u64;
     let tuples: f64 = row.get(1);
     let tuples_known: bool = row.get(2);
     let range_rows = range_rows.max(1) as f64;
     // Small tables: one range, no sample. Without statistics, a table under
     // ~8 MB is small whatever its rows.
     if (tuples_known && tuples < 1.5 * range_rows) || (!tuples_known && pages < 1000.0) {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), blocks));
     }
     let pct = if pages <= SAMPLE_PAGES {
         100.0
@@ -509,7 +518,7 @@ pub(crate) async fn split_points(
             // e.g. a relation kind TABLESAMPLE does not support: still
             // correct as one range.
             tracing::warn!(table = %table.qualified, error = %e, "cannot sample the key; checking as one range");
-            return Ok(Vec::new());
+            return Ok((Vec::new(), blocks));
         }
         Err(e) => return Err(VerifyError::sql(Side::Source, what(), e)),
     };
@@ -526,7 +535,7 @@ pub(crate) async fn split_points(
         .collect();
     points.dedup();
     tracing::debug!(table = %table.qualified, pages, estimated, ranges = points.len() + 1, "split points");
-    Ok(points)
+    Ok((points, blocks))
 }
 
 #[cfg(test)]
