@@ -169,14 +169,14 @@ impl Connection {
     /// Why: a task blocked in epoll on the socket is woken for every
     /// message the walsender sends (it flushes after each one), and on
     /// loopback that wake-up runs on the walsender's own CPU time. The
-    /// thread reads with plain blocking reads and, over TCP when it keeps
-    /// up, sleeps [`COALESCE_WAIT`] between reads without being registered
-    /// on the socket, so the walsender's sends wake nobody and the next
-    /// read takes many messages at once. An async task cannot do that:
-    /// tokio keeps the socket registered (edge-triggered) while the task
-    /// sleeps. Measured: `pgrelay tail` drained 200k single-row
-    /// transactions over TCP in 1.0–2.6 s (~600 reads) instead of 3.9–4.6 s
-    /// (~300k reads and as many epoll wake-ups) on the async socket.
+    /// thread reads with plain blocking reads and, over TCP, sleeps between
+    /// reads without being registered on the socket (see [`Pacing`]), so
+    /// the walsender's sends wake nobody and the next read takes many
+    /// messages at once. An async task cannot do that: tokio keeps the
+    /// socket registered (edge-triggered) while the task sleeps. Measured:
+    /// `pgrelay tail` drained 200k single-row transactions over TCP in
+    /// 1.0–2.6 s (~600 reads) instead of 3.9–4.6 s (~300k reads and as many
+    /// epoll wake-ups) on the async socket.
     pub(crate) fn detach_reader(&mut self) -> Result<(), SourceError> {
         // `Broken` stays only if turning the socket into a blocking one
         // fails.
@@ -195,6 +195,11 @@ impl Connection {
         std_socket
             .set_write_timeout(Some(WRITE_TIMEOUT))
             .map_err(ctx)?;
+        let pacing = match &std_socket {
+            StdSocket::Unix(_) => Pacing::Eager,
+            StdSocket::Tcp(tcp) => Pacing::for_tcp(tcp),
+        };
+        tracing::debug!(target = %self.target, ?pacing, "reading the replication stream on a thread");
         let reader = std_socket.try_clone().map_err(ctx)?;
         // Complete frames already received are handed out first; a partial
         // one goes to the thread, which completes it.
@@ -214,6 +219,7 @@ impl Connection {
             rbuf: leftover,
             scratch: vec![0; READ_RESERVE].into_boxed_slice(),
             decoder,
+            pacing,
             tx,
         };
         std::thread::Builder::new()
@@ -393,18 +399,125 @@ fn fresh_block(partial: &[u8]) -> BytesMut {
 /// to complete a large frame), so the queue holds a few MiB at most.
 const READER_QUEUE: usize = 16;
 
+/// How the reader thread spaces its reads. The walsender sends every
+/// message with its own `send()`. While the receive window is open, each
+/// one goes out as a TCP segment of its own and, on loopback, the whole
+/// receive path (and the reader's wake-up) runs on the walsender's CPU
+/// time; once the window is closed, its sends only append to its socket's
+/// send queue, which then goes out in large segments when the reader makes
+/// room. So over TCP the reader does not read as soon as data arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pacing {
+    /// Read whenever data is there: Unix sockets. Their sender can queue no
+    /// more than its send buffer counted with per-message overhead (~200
+    /// small messages at the default 208 KiB), so a pause stalls the
+    /// walsender instead of batching it (`tail` fell from 1.03x
+    /// pg_recvlogical's speed to 0.27x with one).
+    Eager,
+    /// A server on another host: after a read that emptied the socket,
+    /// with fewer than [`COALESCE_BELOW`] bytes since the last pause, sleep
+    /// [`COALESCE_WAIT`]. The receive buffer keeps the kernel's autotuning,
+    /// which a long-distance link needs for its bandwidth-delay product.
+    Coalesce,
+    /// A server on this host (loopback or an own address): the receive
+    /// buffer is pinned to [`LOCAL_RECEIVE_BUFFER`], and after a read that
+    /// took less than half of it (`half`, from the size the kernel
+    /// granted) the reader sleeps [`WINDOW_WAIT`], long enough for a busy
+    /// walsender to close the window. A read that took more means the
+    /// walsender has more queued, so the next read follows at once.
+    Window { half: usize },
+}
+
+impl Pacing {
+    /// The pacing for a TCP connection; pins the receive buffer for
+    /// [`Pacing::Window`]. Falls back to [`Pacing::Coalesce`] when the
+    /// addresses or the buffer size cannot be read or set.
+    fn for_tcp(tcp: &std::net::TcpStream) -> Pacing {
+        let same_host = match (tcp.peer_addr(), tcp.local_addr()) {
+            (Ok(peer), Ok(local)) => peer.ip().is_loopback() || peer.ip() == local.ip(),
+            _ => false,
+        };
+        if !same_host {
+            return Pacing::Coalesce;
+        }
+        let sock = socket2::SockRef::from(tcp);
+        match sock
+            .set_recv_buffer_size(LOCAL_RECEIVE_BUFFER)
+            .and_then(|()| sock.recv_buffer_size())
+        {
+            // Linux reports twice the size asked for (its bookkeeping share).
+            Ok(granted) if granted > 0 => Pacing::Window { half: granted / 2 },
+            _ => Pacing::Coalesce,
+        }
+    }
+}
+
+/// The read-to-read state of a [`Pacing`].
+#[derive(Debug)]
+struct Pacer {
+    pacing: Pacing,
+    /// Bytes read since the last pause ([`Pacing::Coalesce`]).
+    since_pause: usize,
+}
+
+impl Pacer {
+    fn new(pacing: Pacing) -> Self {
+        Pacer {
+            pacing,
+            since_pause: 0,
+        }
+    }
+
+    /// How long to sleep after a read that returned `n` bytes into a
+    /// buffer of `capacity`.
+    fn after_read(&mut self, n: usize, capacity: usize) -> Option<Duration> {
+        if n == 0 {
+            return None;
+        }
+        match self.pacing {
+            Pacing::Eager => None,
+            Pacing::Coalesce => {
+                self.since_pause += n;
+                if n >= capacity {
+                    // More is waiting.
+                    return None;
+                }
+                let keeping_up = self.since_pause < COALESCE_BELOW;
+                self.since_pause = 0;
+                keeping_up.then_some(COALESCE_WAIT)
+            }
+            Pacing::Window { half } => (n < half).then_some(WINDOW_WAIT),
+        }
+    }
+}
+
+/// The receive buffer asked for when the server is on this host (Linux
+/// grants twice this). Small enough that a busy walsender closes the window
+/// within [`WINDOW_WAIT`]; large enough that tiny segments do not make the
+/// kernel collapse the receive queue on the walsender's time. Measured with
+/// `pgrelay tail` over loopback TCP (docs/bench.md, "Pacing reads on one
+/// host"): 1M rows in 10k-row transactions took 1.9 s and 1.8 s of
+/// walsender CPU (4.2–4.6 s and 4.1–4.6 s with autotuning and
+/// [`Pacing::Coalesce`]); 200k single-row transactions 1.06 s either way.
+/// Asking for 64 KiB (128 KiB granted) with a 3 ms pause served the first
+/// as well but doubled the second: the window stayed open and queued
+/// hundreds of tiny segments.
+const LOCAL_RECEIVE_BUFFER: usize = 32 * 1024;
+/// The pause of [`Pacing::Window`]; also the most latency it adds.
+const WINDOW_WAIT: Duration = Duration::from_millis(3);
+
 /// When a read emptied the socket and fewer bytes than this came since the
 /// last pause, the reader keeps up with the walsender message by message
 /// ...
 const COALESCE_BELOW: usize = 256 * 1024;
-/// ... and then sleeps this long before reading again (over TCP only, see
-/// [`ReaderThread::read_loop`]), so the messages arriving meanwhile wake
-/// nobody and the next read takes them all. Adds at most this much
-/// latency; never paid while data is waiting (a read that fills the buffer
-/// never pauses: pausing then capped a stream of 1 KB rows at ~26 MB/s,
-/// docs/bench.md). Short, because a longer pause lets the receive window
-/// fill and stalls the walsender: with 2 ms the pgbench drain's walsender
-/// CPU went from 1.0 s to 2.2-2.6 s (`cargo bench --bench
+/// ... and then sleeps this long before reading again ([`Pacing::Coalesce`]),
+/// so the messages arriving meanwhile wake nobody and the next read takes
+/// them all. Adds at most this much latency; never paid while data is
+/// waiting (a read that fills the buffer never pauses: pausing then capped
+/// a stream of 1 KB rows at ~26 MB/s, docs/bench.md). Short, because with
+/// an autotuned receive buffer a longer pause does not close the window
+/// but lets the walsender's queue fill: with 2 ms the pgbench drain's
+/// walsender CPU went from 1.0 s to 2.2-2.6 s (`cargo bench --bench
 /// stream_vs_native`, docs/bench.md).
 const COALESCE_WAIT: Duration = Duration::from_micros(500);
 
@@ -458,6 +571,7 @@ struct ReaderThread {
     /// brought costs less than zeroing the whole free space every time.
     scratch: Box<[u8]>,
     decoder: FrameDecoder,
+    pacing: Pacing,
     tx: mpsc::Sender<Result<Vec<Frame>, ReadFailure>>,
 }
 
@@ -469,13 +583,7 @@ impl ReaderThread {
     }
 
     fn read_loop(&mut self) -> ReadFailure {
-        let mut since_pause = 0usize;
-        // Only over TCP: a Unix socket's sender may queue no more than its
-        // send buffer, counted with per-message overhead (~200 small
-        // messages at the default 208 KiB), so a pause there stalls the
-        // walsender instead of batching it (`tail` over the Unix socket
-        // fell from 1.03x pg_recvlogical's speed to 0.27x with it).
-        let pause = matches!(self.socket, StdSocket::Tcp(_));
+        let mut pacer = Pacer::new(self.pacing);
         loop {
             if self.rbuf.capacity() - self.rbuf.len() < READ_RESERVE
                 && !self.rbuf.try_reclaim(READ_RESERVE)
@@ -508,12 +616,8 @@ impl ReaderThread {
                 // The connection was dropped.
                 return ReadFailure::Io(io::ErrorKind::BrokenPipe.into());
             }
-            since_pause += n;
-            if pause && n > 0 && n < self.scratch.len() {
-                if since_pause < COALESCE_BELOW {
-                    std::thread::sleep(COALESCE_WAIT);
-                }
-                since_pause = 0;
+            if let Some(wait) = pacer.after_read(n, self.scratch.len()) {
+                std::thread::sleep(wait);
             }
         }
     }
@@ -641,6 +745,91 @@ mod tests {
             assert!(matches!(err, SourceError::Io { .. }), "{err:?}");
             assert!(err.is_transient());
         }
+    }
+
+    #[test]
+    fn pacer_rules() {
+        let cap = READ_RESERVE;
+        let mut eager = Pacer::new(Pacing::Eager);
+        assert_eq!(eager.after_read(10, cap), None);
+
+        // Coalesce: pauses only after a read that emptied the socket, and
+        // only when the reads since the last pause were few.
+        let mut co = Pacer::new(Pacing::Coalesce);
+        assert_eq!(co.after_read(0, cap), None, "an interrupted read");
+        assert_eq!(co.after_read(100, cap), Some(COALESCE_WAIT));
+        assert_eq!(co.after_read(cap, cap), None, "a full read: more waits");
+        assert_eq!(co.after_read(cap, cap), None);
+        assert_eq!(
+            co.after_read(10, cap),
+            None,
+            "256 KiB came since the last pause: a busy stream, no pause"
+        );
+        assert_eq!(co.after_read(10, cap), Some(COALESCE_WAIT), "counter reset");
+
+        // Window: pauses after a read that took less than half the buffer.
+        let mut win = Pacer::new(Pacing::Window { half: 32_768 });
+        assert_eq!(win.after_read(32_767, cap), Some(WINDOW_WAIT));
+        assert_eq!(win.after_read(32_768, cap), None);
+        assert_eq!(win.after_read(65_000, cap), None);
+        assert_eq!(win.after_read(0, cap), None);
+    }
+
+    #[test]
+    fn tcp_pacing_pins_a_small_buffer_only_on_the_same_host() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let tcp =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        match Pacing::for_tcp(&tcp) {
+            Pacing::Window { half } => {
+                // Linux grants twice the size asked for; half is that size.
+                assert_eq!(half, LOCAL_RECEIVE_BUFFER, "granted {}", half * 2);
+            }
+            other => panic!("loopback should pace by window, got {other:?}"),
+        }
+    }
+
+    /// The window pacing over real loopback TCP: a stream of many small
+    /// messages (the kind that made a pinned buffer collapse segments)
+    /// interleaved with large ones arrives whole and in order.
+    #[tokio::test]
+    async fn window_paced_reader_delivers_a_loopback_stream_intact() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let ours =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (mut peer, _) = listener.accept().expect("accept");
+        ours.set_nonblocking(true).expect("nonblocking");
+        let socket = TcpStream::from_std(ours).expect("tokio socket");
+        let mut conn = Connection::new(Socket::Tcp(socket), "test".into());
+        conn.detach_reader().expect("detach");
+        const COUNT: u32 = 50_000;
+        let writer = std::thread::spawn(move || {
+            for i in 0..COUNT {
+                let mut body = i.to_be_bytes().to_vec();
+                // Every 1000th message is 100 KB, larger than the buffer.
+                let len = if i % 1000 == 999 {
+                    100_000
+                } else {
+                    (i % 97) as usize
+                };
+                body.extend(std::iter::repeat_n(i as u8, len));
+                peer.write_all(&msg(b'd', &body)).expect("write");
+            }
+            peer
+        });
+        for i in 0..COUNT {
+            let frame = conn.read_frame().await.expect("frame");
+            let (seq, rest) = frame.body.split_at(4);
+            assert_eq!(seq, i.to_be_bytes(), "message {i} in order");
+            let len = if i % 1000 == 999 {
+                100_000
+            } else {
+                (i % 97) as usize
+            };
+            assert_eq!(rest.len(), len, "message {i} whole");
+            assert!(rest.iter().all(|b| *b == i as u8), "message {i} intact");
+        }
+        let _peer = writer.join().expect("writer");
     }
 
     #[tokio::test]
