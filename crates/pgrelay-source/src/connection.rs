@@ -219,7 +219,7 @@ impl Connection {
             rbuf: leftover,
             scratch: vec![0; READ_RESERVE].into_boxed_slice(),
             decoder,
-            pacing,
+            pacer: Pacer::new(pacing),
             tx,
         };
         std::thread::Builder::new()
@@ -571,7 +571,7 @@ struct ReaderThread {
     /// brought costs less than zeroing the whole free space every time.
     scratch: Box<[u8]>,
     decoder: FrameDecoder,
-    pacing: Pacing,
+    pacer: Pacer,
     tx: mpsc::Sender<Result<Vec<Frame>, ReadFailure>>,
 }
 
@@ -583,7 +583,6 @@ impl ReaderThread {
     }
 
     fn read_loop(&mut self) -> ReadFailure {
-        let mut pacer = Pacer::new(self.pacing);
         loop {
             if self.rbuf.capacity() - self.rbuf.len() < READ_RESERVE
                 && !self.rbuf.try_reclaim(READ_RESERVE)
@@ -616,7 +615,7 @@ impl ReaderThread {
                 // The connection was dropped.
                 return ReadFailure::Io(io::ErrorKind::BrokenPipe.into());
             }
-            if let Some(wait) = pacer.after_read(n, self.scratch.len()) {
+            if let Some(wait) = self.pacer.after_read(n, self.scratch.len()) {
                 std::thread::sleep(wait);
             }
         }
